@@ -1,0 +1,94 @@
+// Opening a transport to a PostgreSQL server: TCP, then (per the database's
+// tls.mode) an SSLRequest, exactly one answer byte, and a TLS handshake with
+// the configured certificate checks. Bytes the server sends after its 'S'
+// and before the handshake are rejected (CVE-2021-23222: a man in the middle
+// could otherwise inject plaintext that would be read as if encrypted).
+// The returned socket is paused with no data listener attached.
+
+import net from 'node:net';
+import tls from 'node:tls';
+import { SSL_REQUEST } from '../protocol/startup.ts';
+import type { ServerTlsOptions } from '../tls/contexts.ts';
+
+export interface ServerTransport {
+  socket: net.Socket;
+  tls: { version: string; cipher: string } | null;
+}
+
+export class ServerConnectError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'ServerConnectError';
+    this.code = code;
+  }
+}
+
+export function connectServer(host: string, port: number, tlsOpts: ServerTlsOptions, timeoutMs: number): Promise<ServerTransport> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    let current: net.Socket = net.connect({ host, port, noDelay: true });
+    const timer = setTimeout(
+      () => fail(new ServerConnectError('ERR_SERVER_CONNECT_TIMEOUT', `timeout connecting to ${host}:${port}`)),
+      timeoutMs,
+    );
+    timer.unref();
+
+    function fail(err: Error): void {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      current.destroy();
+      reject(err);
+    }
+    function succeed(t: ServerTransport): void {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      t.socket.removeListener('error', fail);
+      t.socket.pause();
+      resolve(t);
+    }
+
+    current.once('error', fail);
+    current.once('connect', () => {
+      if (tlsOpts.mode === 'disable') {
+        succeed({ socket: current, tls: null });
+        return;
+      }
+      const raw = current;
+      raw.once('data', (chunk: Buffer) => {
+        raw.pause();
+        const answer = chunk[0];
+        if (chunk.length > 1) {
+          fail(new ServerConnectError('ERR_SERVER_SSL_INJECTION', 'server sent unexpected bytes after its SSL response'));
+          return;
+        }
+        if (answer === 0x4e /* N */) {
+          if (tlsOpts.mode === 'prefer') {
+            succeed({ socket: raw, tls: null });
+          } else {
+            fail(new ServerConnectError('ERR_SERVER_NO_TLS', 'server does not support TLS, but tls.mode requires it'));
+          }
+          return;
+        }
+        if (answer !== 0x53 /* S */) {
+          fail(new ServerConnectError('ERR_SERVER_BAD_SSL_RESPONSE', `invalid response to SSLRequest: ${answer}`));
+          return;
+        }
+        const secure = tls.connect({ ...tlsOpts.connect, socket: raw });
+        current = secure;
+        secure.once('error', fail);
+        secure.once('secureConnect', () => {
+          if (!secure.authorized && tlsOpts.connect.rejectUnauthorized) {
+            fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${String(secure.authorizationError)}`));
+            return;
+          }
+          const c = secure.getCipher();
+          succeed({ socket: secure, tls: { version: secure.getProtocol() ?? 'unknown', cipher: c.name } });
+        });
+      });
+      raw.write(SSL_REQUEST);
+    });
+  });
+}

@@ -1,0 +1,215 @@
+// The ONE table of settings. Each row gives a key path, its type, default,
+// whether a reload may change it, whether it is a secret, and its doc. The
+// table drives validation (zod, strict: unknown keys are errors), defaults,
+// docs/configuration.md, SHOW CONFIG, reload decisions and log redaction.
+// `*` in a key path stands for a name chosen by the operator (a database).
+
+import { z } from 'zod';
+import { duration, size } from './units.ts';
+
+export const TLS_CLIENT_MODES = ['disable', 'allow', 'require', 'verify-ca', 'verify-full'] as const;
+export const TLS_SERVER_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export type SettingKind = 'string' | 'path' | 'int' | 'bool' | 'enum' | 'duration' | 'size';
+
+export interface Setting {
+  key: string;
+  kind: SettingKind;
+  schema: z.ZodType;
+  /** Default as written in a config file; undefined = optional, no default. */
+  default?: unknown;
+  /** May change on reload without restart. */
+  reloadable: boolean;
+  /** Never printed: redacted in logs, SHOW CONFIG and errors. */
+  secret?: boolean;
+  doc: string;
+}
+
+const port = z.number().int().min(0).max(65535);
+const path = z.string().min(1);
+
+function row(key: string, kind: SettingKind, schema: z.ZodType, def: unknown, reloadable: boolean, doc: string): Setting {
+  return def === undefined ? { key, kind, schema, reloadable, doc } : { key, kind, schema, default: def, reloadable, doc };
+}
+
+export const SETTINGS: readonly Setting[] = [
+  row('listen.host', 'string', z.string().min(1), '127.0.0.1', false, 'Address the client listener binds to (`0.0.0.0` or `::` for all).'),
+  row('listen.port', 'int', port, 6432, false, 'Port of the client listener. One port serves plaintext, SSLRequest and direct TLS.'),
+
+  row(
+    'tls.cert',
+    'path',
+    path,
+    undefined,
+    false,
+    'Server certificate (PEM) shown to clients; may hold a chain (leaf first, then intermediates).',
+  ),
+  row('tls.key', 'path', path, undefined, false, 'Private key (PEM) of `tls.cert`.'),
+  row(
+    'tls.ca',
+    'path',
+    path,
+    undefined,
+    false,
+    'CA bundle (PEM) that client certificates must chain to; required for `verify-ca` and `verify-full`.',
+  ),
+  row(
+    'tls.mode',
+    'enum',
+    z.enum(TLS_CLIENT_MODES),
+    'allow',
+    false,
+    '`disable`: answer `N` to SSLRequest, refuse direct TLS. `allow`: TLS when the client asks, plaintext otherwise. `require`: plaintext startup refused (FATAL 28000, as Postgres answers a missing `hostssl` line). `verify-ca` / `verify-full`: TLS and a client certificate signed by `tls.ca` are required (`verify-full` additionally requires the certificate CN to equal the user name).',
+  ),
+  row(
+    'tls.direct_without_alpn',
+    'bool',
+    z.boolean(),
+    false,
+    false,
+    'Accept TLS-first (direct) connections that send no ALPN. Direct TLS with ALPN `postgresql` is always accepted; a wrong ALPN is always refused.',
+  ),
+  row('tls.min_version', 'enum', z.enum(['TLSv1.2', 'TLSv1.3']), 'TLSv1.2', false, 'Lowest TLS version accepted from clients.'),
+  row(
+    'tls.ciphers',
+    'string',
+    z.string().min(1),
+    undefined,
+    false,
+    'OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are not affected). Default: Node.js defaults.',
+  ),
+
+  row('databases.*.host', 'string', z.string().min(1), '127.0.0.1', false, 'Host of the PostgreSQL server for this database.'),
+  row('databases.*.port', 'int', port, 5432, false, 'Port of the PostgreSQL server.'),
+  row(
+    'databases.*.dbname',
+    'string',
+    z.string().min(1),
+    undefined,
+    false,
+    'Database name on the server. Default: the name clients ask for.',
+  ),
+  row(
+    'databases.*.tls.mode',
+    'enum',
+    z.enum(TLS_SERVER_MODES),
+    'prefer',
+    false,
+    'TLS to the server, as libpq `sslmode`: `disable`, `prefer` (TLS if the server offers it, no certificate check), `require` (TLS, no certificate check), `verify-ca` (chain checked against `ca`), `verify-full` (chain and host name checked).',
+  ),
+  row(
+    'databases.*.tls.ca',
+    'path',
+    path,
+    undefined,
+    false,
+    'CA bundle (PEM) the server certificate must chain to (`verify-ca`, `verify-full`).',
+  ),
+  row('databases.*.tls.cert', 'path', path, undefined, false, 'Client certificate (PEM) Postern presents to the server (mutual TLS).'),
+  row('databases.*.tls.key', 'path', path, undefined, false, 'Private key (PEM) of `databases.*.tls.cert`.'),
+  row(
+    'databases.*.tls.server_name',
+    'string',
+    z.string().min(1),
+    undefined,
+    false,
+    'Name sent as SNI and checked by `verify-full`. Default: `host`.',
+  ),
+
+  row(
+    'limits.max_message_size',
+    'size',
+    size,
+    1073741824,
+    true,
+    'Largest message accepted from a client or a server, in bytes (units allowed: `64MB`). Startup packets are always capped at 10,000 bytes, as in Postgres.',
+  ),
+  row(
+    'limits.client_login_timeout',
+    'duration',
+    duration,
+    '15s',
+    true,
+    'A client that has not finished negotiation, TLS and authentication within this time is disconnected.',
+  ),
+  row('limits.server_connect_timeout', 'duration', duration, '15s', true, 'Time allowed to connect to a server, including TLS.'),
+  row('limits.shutdown_timeout', 'duration', duration, '30s', false, 'On SIGTERM, how long open sessions may run before they are closed.'),
+
+  row(
+    'log.level',
+    'enum',
+    z.enum(LOG_LEVELS),
+    'info',
+    true,
+    'Log level. Connection onboarding is logged at `debug`; steady state is quiet.',
+  ),
+];
+
+/** Settings whose key marks them secret, for redaction. */
+export const SECRET_KEYS: ReadonlySet<string> = new Set(SETTINGS.filter((s) => s.secret).map((s) => s.key));
+
+interface Node {
+  setting?: Setting;
+  children: Map<string, Node>;
+}
+
+function buildTree(): Node {
+  const root: Node = { children: new Map() };
+  for (const s of SETTINGS) {
+    let n = root;
+    for (const part of s.key.split('.')) {
+      let c = n.children.get(part);
+      if (!c) {
+        c = { children: new Map() };
+        n.children.set(part, c);
+      }
+      n = c;
+    }
+    n.setting = s;
+  }
+  return root;
+}
+
+function toZod(n: Node): z.ZodType {
+  if (n.setting) {
+    const s = n.setting;
+    return s.default === undefined ? s.schema.optional() : s.schema.prefault(s.default as never);
+  }
+  const star = n.children.get('*');
+  if (star) return z.record(z.string().min(1), toZod(star)).prefault({});
+  const shape: Record<string, z.ZodType> = {};
+  for (const [k, c] of n.children) shape[k] = toZod(c);
+  // Sections default to {} so their leaves get their defaults.
+  return z.strictObject(shape).prefault({} as never);
+}
+
+/** The zod schema assembled from SETTINGS. */
+export const configSchema: z.ZodType = toZod(buildTree());
+
+// The validated, defaulted shape. Durations are milliseconds, sizes bytes.
+export type TlsClientMode = (typeof TLS_CLIENT_MODES)[number];
+export type TlsServerMode = (typeof TLS_SERVER_MODES)[number];
+
+export interface DatabaseConfig {
+  host: string;
+  port: number;
+  dbname?: string;
+  tls: { mode: TlsServerMode; ca?: string; cert?: string; key?: string; server_name?: string };
+}
+
+export interface Config {
+  listen: { host: string; port: number };
+  tls: {
+    cert?: string;
+    key?: string;
+    ca?: string;
+    mode: TlsClientMode;
+    direct_without_alpn: boolean;
+    min_version: 'TLSv1.2' | 'TLSv1.3';
+    ciphers?: string;
+  };
+  databases: Record<string, DatabaseConfig>;
+  limits: { max_message_size: number; client_login_timeout: number; server_connect_timeout: number; shutdown_timeout: number };
+  log: { level: (typeof LOG_LEVELS)[number] };
+}

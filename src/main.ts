@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+// CLI entry point: parse arguments, load and check the config, start Postern,
+// and handle signals (SIGTERM/SIGINT: graceful shutdown).
+//
+//   postern --config FILE          run
+//   postern check --config FILE    validate, list every problem, exit 1 if any
+//   postern demo                   throwaway PostgreSQL + TLS + Postern, prints a psql line
+//   postern config-docs            print docs/configuration.md
+//   postern --version | --help
+
+import { parseArgs } from 'node:util';
+import { renderConfigDocs } from './config/docs.ts';
+import { loadConfigFile } from './config/load.ts';
+import { Postern } from './server.ts';
+import { VERSION } from './version.ts';
+
+const HELP = `postern ${VERSION}: a PostgreSQL-aware gateway
+
+Usage:
+  postern --config FILE          run with FILE (YAML)
+  postern check --config FILE    validate FILE; lists every problem by key path
+  postern demo                   start a throwaway PostgreSQL and Postern with TLS,
+                                 and print a psql command that connects through it
+  postern config-docs            print the configuration reference (markdown)
+  postern --version              print the version
+  postern --help                 print this help
+
+Signals: SIGTERM/SIGINT stop accepting, let sessions finish (limits.shutdown_timeout), then exit.
+Docs: docs/configuration.md`;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      version: { type: 'boolean', short: 'V' },
+      help: { type: 'boolean', short: 'h' },
+      port: { type: 'string' },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (values.version) {
+    console.log(VERSION);
+    return 0;
+  }
+  const command = positionals[0] ?? 'run';
+  switch (command) {
+    case 'config-docs':
+      process.stdout.write(renderConfigDocs());
+      return 0;
+    case 'demo': {
+      const { runDemo } = await import('./dev/demo.ts' as string);
+      return runDemo(values.port === undefined ? undefined : Number(values.port));
+    }
+    case 'check':
+    case 'run': {
+      if (values.config === undefined) {
+        console.error(`postern: --config FILE is required\n\n${HELP}`);
+        return 2;
+      }
+      const loaded = loadConfigFile(values.config);
+      if (!loaded.ok) {
+        console.error(`postern: ${values.config}: ${loaded.problems.length} problem(s):`);
+        for (const p of loaded.problems) console.error(`  ${p.path || '(file)'}: ${p.message}`);
+        return 1;
+      }
+      if (command === 'check') {
+        console.log(`postern: ${values.config}: OK (${Object.keys(loaded.config.databases).length} database(s))`);
+        return 0;
+      }
+      const postern = new Postern(loaded.config);
+      await postern.listen();
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string) => {
+          postern.log.info({ signal: sig }, 'shutting down');
+          postern.shutdown().then(resolve, resolve);
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      return 0;
+    }
+    default:
+      console.error(`postern: unknown command "${command}"\n\n${HELP}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: Error) => {
+    console.error(`postern: ${err.message}`);
+    process.exitCode = 1;
+  },
+);

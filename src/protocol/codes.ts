@@ -1,0 +1,102 @@
+// Message type bytes and protocol constants of the PostgreSQL v3 wire protocol.
+// Source: https://www.postgresql.org/docs/current/protocol-message-formats.html
+// Codes are plain numbers (char codes) so the hot path compares bytes without
+// creating strings.
+
+/** Messages a client (frontend) sends after the startup phase. */
+export const FE = {
+  Bind: 0x42, // 'B'
+  Close: 0x43, // 'C'
+  CopyData: 0x64, // 'd'
+  CopyDone: 0x63, // 'c'
+  CopyFail: 0x66, // 'f'
+  Describe: 0x44, // 'D'
+  Execute: 0x45, // 'E'
+  Flush: 0x48, // 'H'
+  FunctionCall: 0x46, // 'F'
+  Parse: 0x50, // 'P'
+  /** PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse all share 'p'. */
+  Password: 0x70, // 'p'
+  Query: 0x51, // 'Q'
+  Sync: 0x53, // 'S'
+  Terminate: 0x58, // 'X'
+} as const;
+
+/** Messages a server (backend) sends. */
+export const BE = {
+  Authentication: 0x52, // 'R'
+  BackendKeyData: 0x4b, // 'K'
+  BindComplete: 0x32, // '2'
+  CloseComplete: 0x33, // '3'
+  CommandComplete: 0x43, // 'C'
+  CopyData: 0x64, // 'd'
+  CopyDone: 0x63, // 'c'
+  CopyInResponse: 0x47, // 'G'
+  CopyOutResponse: 0x48, // 'H'
+  CopyBothResponse: 0x57, // 'W'
+  DataRow: 0x44, // 'D'
+  EmptyQueryResponse: 0x49, // 'I'
+  ErrorResponse: 0x45, // 'E'
+  FunctionCallResponse: 0x56, // 'V'
+  NegotiateProtocolVersion: 0x76, // 'v'
+  NoData: 0x6e, // 'n'
+  NoticeResponse: 0x4e, // 'N'
+  NotificationResponse: 0x41, // 'A'
+  ParameterDescription: 0x74, // 't'
+  ParameterStatus: 0x53, // 'S'
+  ParseComplete: 0x31, // '1'
+  PortalSuspended: 0x73, // 's'
+  ReadyForQuery: 0x5a, // 'Z'
+  RowDescription: 0x54, // 'T'
+} as const;
+
+/** Authentication request subtypes (the Int32 after 'R'). */
+export const AUTH = {
+  Ok: 0,
+  KerberosV5: 2,
+  CleartextPassword: 3,
+  MD5Password: 5,
+  GSS: 7,
+  GSSContinue: 8,
+  SSPI: 9,
+  SASL: 10,
+  SASLContinue: 11,
+  SASLFinal: 12,
+} as const;
+
+/** Special request codes sent in place of a protocol version in the startup packet. */
+export const REQUEST_CODE = {
+  Cancel: 80877102, // (1234 << 16) | 5678
+  SSL: 80877103, // (1234 << 16) | 5679
+  GSSENC: 80877104, // (1234 << 16) | 5680
+} as const;
+
+export const PROTOCOL_3_0 = 0x30000; // 196608
+export const PROTOCOL_3_2 = 0x30002; // 196610
+/** Highest minor version of protocol 3 that Postern speaks. */
+export const LATEST_MINOR = 2;
+
+/** Postgres caps startup packets at 10,000 bytes (MAX_STARTUP_PACKET_LENGTH). */
+export const MAX_STARTUP_PACKET = 10_000;
+/** Postgres's own maximum message size (PQ_LARGE_MESSAGE_LIMIT is 1 GB - 1; MaxAllocSize). */
+export const DEFAULT_MAX_MESSAGE = 1024 * 1024 * 1024;
+/** Protocol 3.2 cancel keys may be up to 256 bytes. */
+export const MAX_CANCEL_KEY = 256;
+
+/** Transaction status byte carried by ReadyForQuery. */
+export const TX = {
+  Idle: 0x49, // 'I'
+  InTransaction: 0x54, // 'T'
+  Failed: 0x45, // 'E'
+} as const;
+
+function table(codes: readonly number[]): Uint8Array {
+  const t = new Uint8Array(256);
+  for (const c of codes) t[c] = 1;
+  return t;
+}
+
+/** 1 for every message type a client may legally send after startup. */
+export const VALID_FRONTEND = table(Object.values(FE));
+/** 1 for every message type a server may legally send. */
+export const VALID_BACKEND = table(Object.values(BE));

@@ -1,0 +1,218 @@
+// Incremental framing for both phases of the protocol.
+//
+// Startup phase: untyped packets (Int32 length, then body), capped at 10,000
+// bytes as Postgres does. `startupFrame` answers frame length / need-more /
+// violation and never throws.
+//
+// Regular phase: typed messages (1 type byte, Int32 self-inclusive length).
+// `MessageStream` walks the 5-byte headers of each chunk and reports
+//   - runs of consecutive frames Postern does not inspect, as (buf, start, end)
+//     slices of the input chunk, so they can be forwarded untouched in one
+//     write, even when a frame is not complete yet (a 1 GB DataRow streams
+//     through without being buffered);
+//   - complete frames whose type is marked in the inspect table, buffered
+//     (copied) only when they straddle chunks;
+//   - a violation (unknown type byte, negative or oversize length), after
+//     which it stops.
+// The sink is an object with methods, not closures, so nothing is allocated
+// per message on the hot path.
+
+import { MAX_STARTUP_PACKET } from './codes.ts';
+import { VIOLATION, type ViolationKind } from './violation.ts';
+
+/** `startupFrame` result: not enough bytes yet. Positive results are frame lengths. */
+export const NEED_MORE = 0;
+/** `startupFrame` result: the length field is below the 8-byte minimum. */
+export const BAD_LENGTH = -1;
+/** `startupFrame` result: the length field exceeds the startup packet cap. */
+export const TOO_LARGE = -2;
+
+/** Length of the complete startup packet at buf[off..end), or NEED_MORE / BAD_LENGTH / TOO_LARGE. */
+export function startupFrame(buf: Buffer, off: number, end: number): number {
+  if (end - off < 4) return NEED_MORE;
+  const len = buf.readInt32BE(off);
+  // 8 = the length itself plus a protocol version or request code.
+  if (len < 8) return BAD_LENGTH;
+  if (len > MAX_STARTUP_PACKET) return TOO_LARGE;
+  if (end - off < len) return NEED_MORE;
+  return len;
+}
+
+export interface FrameSink {
+  /** Bytes [start, end) of buf belong to frames that are not inspected: forward them as they are. */
+  onRun(buf: Buffer, start: number, end: number): void;
+  /** One complete inspected frame, header included, at buf[start, end). */
+  onMessage(type: number, buf: Buffer, start: number, end: number): void;
+  /** The peer broke framing; the stream ignores all further input. */
+  onViolation(kind: ViolationKind, detail: string): void;
+}
+
+export class MessageStream {
+  #sink: FrameSink;
+  #valid: Uint8Array;
+  #inspect: Uint8Array;
+  #max: number;
+  /** Bytes of an uninspected frame still to pass through. */
+  #pass = 0;
+  /** A header split across chunks. */
+  #hdr = Buffer.alloc(5);
+  #hdrLen = 0;
+  /** An inspected frame split across chunks. */
+  #msg: Buffer | null = null;
+  #msgLen = 0;
+  #dead = false;
+
+  /**
+   * @param valid 256-entry table: 1 for legal type bytes
+   * @param inspect 256-entry table: 1 for types the sink wants whole
+   * @param maxMessage cap on a message's length field
+   */
+  constructor(sink: FrameSink, valid: Uint8Array, inspect: Uint8Array, maxMessage: number) {
+    this.#sink = sink;
+    this.#valid = valid;
+    this.#inspect = inspect;
+    this.#max = maxMessage;
+  }
+
+  /** Swap the inspect table (e.g. when a session leaves the startup phase). */
+  setInspect(inspect: Uint8Array): void {
+    this.#inspect = inspect;
+  }
+
+  /** True when the stream sits exactly between frames (nothing partial held or owed). */
+  get atBoundary(): boolean {
+    return this.#pass === 0 && this.#hdrLen === 0 && this.#msg === null;
+  }
+
+  get dead(): boolean {
+    return this.#dead;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.#dead) return;
+    const end = chunk.length;
+    let off = 0;
+    let runStart = 0;
+
+    // 1. Finish what the previous chunk left open.
+    if (this.#pass > 0) {
+      const n = this.#pass < end ? this.#pass : end;
+      this.#pass -= n;
+      off = n;
+      if (this.#pass > 0) {
+        this.#sink.onRun(chunk, 0, end);
+        return;
+      }
+    } else if (this.#hdrLen > 0) {
+      const n = Math.min(5 - this.#hdrLen, end);
+      chunk.copy(this.#hdr, this.#hdrLen, 0, n);
+      this.#hdrLen += n;
+      off = n;
+      if (this.#hdrLen < 5) return;
+      this.#hdrLen = 0;
+      const type = this.#hdr[0] as number;
+      const total = this.#check(type, this.#hdr.readInt32BE(1));
+      if (total < 0) return;
+      if (this.#inspect[type] === 1) {
+        this.#msg = Buffer.allocUnsafe(total);
+        this.#hdr.copy(this.#msg, 0);
+        this.#msgLen = 5;
+      } else {
+        // The stashed header was never forwarded: send a copy (the stash is reused).
+        this.#sink.onRun(Buffer.from(this.#hdr), 0, 5);
+        const rest = total - 5;
+        const n2 = Math.min(rest, end - off);
+        this.#pass = rest - n2;
+        off += n2;
+        runStart = n;
+        if (this.#pass > 0) {
+          if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+          return;
+        }
+      }
+    }
+    if (this.#msg !== null) {
+      const msg = this.#msg;
+      const n = Math.min(msg.length - this.#msgLen, end - off);
+      chunk.copy(msg, this.#msgLen, off, off + n);
+      this.#msgLen += n;
+      off += n;
+      if (this.#msgLen < msg.length) return;
+      this.#msg = null;
+      this.#sink.onMessage(msg[0] as number, msg, 0, msg.length);
+      if (this.#dead) return;
+      runStart = off;
+    }
+
+    // 2. Walk whole frames in this chunk.
+    const valid = this.#valid;
+    const inspect = this.#inspect;
+    while (off < end) {
+      if (end - off < 5) {
+        if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+        chunk.copy(this.#hdr, 0, off, end);
+        this.#hdrLen = end - off;
+        return;
+      }
+      const type = chunk[off] as number;
+      const len = chunk.readInt32BE(off + 1);
+      if (valid[type] !== 1 || len < 4 || len > this.#max) {
+        if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+        this.#check(type, len);
+        return;
+      }
+      const total = len + 1;
+      if (inspect[type] === 1) {
+        if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+        if (end - off >= total) {
+          this.#sink.onMessage(type, chunk, off, off + total);
+          if (this.#dead) return;
+          off += total;
+          runStart = off;
+          continue;
+        }
+        const msg = Buffer.allocUnsafe(total);
+        chunk.copy(msg, 0, off, end);
+        this.#msg = msg;
+        this.#msgLen = end - off;
+        return;
+      }
+      if (end - off >= total) {
+        off += total;
+        continue;
+      }
+      this.#pass = total - (end - off);
+      off = end;
+    }
+    if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+  }
+
+  /** Stop processing: later pushes are ignored. */
+  kill(): void {
+    this.#dead = true;
+    this.#msg = null;
+  }
+
+  /** Validates a header; returns the frame's total size or -1 after reporting a violation. */
+  #check(type: number, len: number): number {
+    if (this.#valid[type] !== 1) {
+      this.#fail(VIOLATION.BadType, `invalid message type ${type}`);
+      return -1;
+    }
+    if (len < 4) {
+      this.#fail(VIOLATION.BadLength, `invalid message length ${len}`);
+      return -1;
+    }
+    if (len > this.#max) {
+      this.#fail(VIOLATION.TooLarge, `message length ${len} exceeds the limit of ${this.#max}`);
+      return -1;
+    }
+    return len + 1;
+  }
+
+  #fail(kind: ViolationKind, detail: string): void {
+    this.#dead = true;
+    this.#msg = null;
+    this.#sink.onViolation(kind, detail);
+  }
+}

@@ -1,0 +1,108 @@
+// Composition root: builds the shared context from a validated config, opens
+// the client listener, wires the TLS upgrade server, and owns start/close and
+// the graceful shutdown (stop accepting, let sessions finish, then end them).
+
+import net from 'node:net';
+import type tls from 'node:tls';
+import type { Config } from './config/schema.ts';
+import { Context } from './frontend/context.ts';
+import { ClientSession, upgrading } from './frontend/session.ts';
+import { createLogger, type Logger } from './observability/log.ts';
+import { SQLSTATE } from './protocol/sqlstate.ts';
+import { clientTlsConfigured, createClientTlsServer } from './tls/contexts.ts';
+
+export interface PosternOptions {
+  logger?: Logger;
+}
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+/** tls.Server hands us the TLSSocket; `_parent` is the raw socket we emitted. */
+function rawOf(sock: tls.TLSSocket): net.Socket | undefined {
+  return (sock as unknown as { _parent?: net.Socket })._parent;
+}
+
+export class Postern {
+  readonly ctx: Context;
+  #listener: net.Server | null = null;
+  #closed = false;
+
+  constructor(config: Config, opts: PosternOptions = {}) {
+    const log = opts.logger ?? createLogger(config.log.level);
+    const clientTls = clientTlsConfigured(config) ? createClientTlsServer(config) : null;
+    this.ctx = new Context(config, log, clientTls);
+    if (clientTls !== null) {
+      clientTls.on('secureConnection', (sock: tls.TLSSocket) => {
+        const raw = rawOf(sock);
+        const session = raw && upgrading.get(raw);
+        if (session) session.onSecure(sock);
+        else sock.destroy();
+      });
+      clientTls.on('tlsClientError', (err: Error, sock: tls.TLSSocket) => {
+        const raw = rawOf(sock);
+        const session = raw && upgrading.get(raw);
+        if (session) session.onTlsError(err);
+        sock.destroy();
+      });
+    }
+  }
+
+  get log(): Logger {
+    return this.ctx.log;
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  listen(): Promise<Address> {
+    const { host, port } = this.ctx.config.listen;
+    const server = net.createServer({ noDelay: true }, (socket) => {
+      if (this.ctx.shuttingDown) {
+        socket.destroy();
+        return;
+      }
+      new ClientSession(this.ctx, socket);
+    });
+    this.#listener = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port, backlog: 1024 }, () => {
+        server.removeListener('error', reject);
+        const a = server.address() as net.AddressInfo;
+        this.log.info({ host: a.address, port: a.port, tls: this.ctx.clientTls !== null, mode: this.ctx.config.tls.mode }, 'listening');
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+  }
+
+  get address(): Address | null {
+    const a = this.#listener?.address();
+    return a && typeof a === 'object' ? { host: a.address, port: a.port } : null;
+  }
+
+  /**
+   * Graceful shutdown: stop accepting, wait up to `timeoutMs` for sessions to
+   * end on their own, then end the rest with FATAL 57P01 as Postgres does on a
+   * fast shutdown.
+   */
+  async shutdown(timeoutMs = this.ctx.config.limits.shutdown_timeout): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.ctx.shuttingDown = true;
+    const listener = this.#listener;
+    const closed = listener ? new Promise<void>((r) => listener.close(() => r())) : Promise.resolve();
+    const deadline = Date.now() + timeoutMs;
+    while (this.ctx.sessions.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
+    await closed;
+    this.log.info('shut down');
+  }
+
+  /** Immediate close (tests): every session ends now. */
+  async close(): Promise<void> {
+    await this.shutdown(0);
+  }
+}
