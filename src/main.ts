@@ -53,7 +53,7 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(renderConfigDocs());
       return 0;
     case 'demo': {
-      const { runDemo } = await import('./dev/demo.ts' as string);
+      const { runDemo } = await import('./dev/demo.ts');
       return runDemo(values.port === undefined ? undefined : Number(values.port));
     }
     case 'check':
