@@ -78,7 +78,16 @@ export function connectServer(host: string, port: number, tlsOpts: ServerTlsOpti
         }
         const secure = tls.connect({ ...tlsOpts.connect, socket: raw });
         current = secure;
-        secure.once('error', fail);
+        secure.once('error', (err: Error) => {
+          // With rejectUnauthorized Node destroys the socket itself on a bad
+          // chain or name (after setting authorizationError), so the check in
+          // 'secureConnect' below never sees those: report them as what they are.
+          if (secure.authorizationError) {
+            fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${err.message}`));
+          } else {
+            fail(err);
+          }
+        });
         secure.once('secureConnect', () => {
           if (!secure.authorized && tlsOpts.connect.rejectUnauthorized) {
             fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${String(secure.authorizationError)}`));

@@ -30,16 +30,60 @@ const PATH_KEYS = SETTINGS.filter((s) => s.kind === 'path').map((s) => s.key.spl
 export function validateConfig(raw: unknown, baseDir: string): LoadResult {
   const parsed = configSchema.safeParse(raw ?? {});
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => ({
-      path: i.path.map(String).join('.'),
-      message: i.code === 'unrecognized_keys' ? `unknown setting(s): ${i.keys.join(', ')}` : i.message,
-    }));
+    // One problem per unknown key, named by its own key path (zod reports them
+    // once, at the parent object, which is '' for a top-level typo).
+    const broken: PropertyKey[][] = [];
+    const problems: ConfigProblem[] = [];
+    for (const i of parsed.error.issues) {
+      if (i.code === 'unrecognized_keys') {
+        for (const k of i.keys) {
+          broken.push([...i.path, k]);
+          problems.push({ path: [...i.path, k].map(String).join('.'), message: 'unknown setting' });
+        }
+      } else {
+        broken.push(i.path);
+        problems.push({ path: i.path.map(String).join('.'), message: i.message });
+      }
+    }
+    // The cross-field checks still run, on the input minus its broken entries
+    // (their defaults apply), so one `postern check` lists every problem.
+    const trimmed = withoutPaths(raw ?? {}, broken);
+    const rest = trimmed === undefined ? undefined : configSchema.safeParse(trimmed);
+    // A cross-field problem at, above or below a reported path only echoes it.
+    if (rest?.success) {
+      const seen = problems.map((p) => p.path);
+      const echoes = (q: string) => seen.some((p) => p === q || q.startsWith(`${p}.`) || p.startsWith(`${q}.`));
+      for (const p of checkParsed(rest.data as Config, baseDir)) if (!echoes(p.path)) problems.push(p);
+    }
     return { ok: false, problems };
   }
   const config = parsed.data as Config;
-  for (const keyPath of PATH_KEYS) resolvePaths(config as unknown as Record<string, unknown>, keyPath, baseDir);
-  const problems = crossCheck(config);
+  const problems = checkParsed(config, baseDir);
   return problems.length > 0 ? { ok: false, problems } : { ok: true, config };
+}
+
+function checkParsed(config: Config, baseDir: string): ConfigProblem[] {
+  for (const keyPath of PATH_KEYS) resolvePaths(config as unknown as Record<string, unknown>, keyPath, baseDir);
+  return crossCheck(config);
+}
+
+/** A copy of raw without the entries at `paths`; undefined when the root itself is broken. */
+function withoutPaths(raw: unknown, paths: PropertyKey[][]): unknown {
+  if (paths.some((p) => p.length === 0)) return undefined;
+  let copy: unknown;
+  try {
+    copy = structuredClone(raw);
+  } catch {
+    return undefined;
+  }
+  for (const p of paths) {
+    let obj = copy as Record<PropertyKey, unknown> | null;
+    for (let i = 0; i < p.length - 1 && obj !== null && typeof obj === 'object'; i++) {
+      obj = obj[p[i] as PropertyKey] as Record<PropertyKey, unknown> | null;
+    }
+    if (obj !== null && typeof obj === 'object') delete obj[p[p.length - 1] as PropertyKey];
+  }
+  return copy;
 }
 
 export function loadConfigFile(file: string): LoadResult {

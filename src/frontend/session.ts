@@ -354,7 +354,7 @@ export class ClientSession implements SessionHandle {
 
   #onServerConnectFailed(err: Error): void {
     const code = err instanceof ServerConnectError ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERR_SERVER_CONNECT');
-    this.log.warn({ database: this.#database, err: code, msg: err.message }, 'cannot connect to server');
+    this.log.warn({ database: this.#database, err: code, detail: err.message }, 'cannot connect to server');
     if (this.#state === STATE.Closed) return;
     this.#fatal(SQLSTATE.ConnectionFailure, `could not connect to the server for database "${this.#database}"`);
   }

@@ -146,7 +146,6 @@ export class MessageStream {
 
     // 2. Walk whole frames in this chunk.
     const valid = this.#valid;
-    const inspect = this.#inspect;
     while (off < end) {
       if (end - off < 5) {
         if (off > runStart) this.#sink.onRun(chunk, runStart, off);
@@ -162,7 +161,9 @@ export class MessageStream {
         return;
       }
       const total = len + 1;
-      if (inspect[type] === 1) {
+      // Read the table per frame, not once per chunk: a sink may call setInspect
+      // from onMessage, and the change must apply to the very next frame.
+      if (this.#inspect[type] === 1) {
         if (off > runStart) this.#sink.onRun(chunk, runStart, off);
         if (end - off >= total) {
           this.#sink.onMessage(type, chunk, off, off + total);
