@@ -96,7 +96,7 @@ export class MessageStream {
 
     // 1. Finish what the previous chunk left open.
     if (this.#pass > 0) {
-      const n = this.#pass < end ? this.#pass : end;
+      const n = Math.min(this.#pass, end);
       this.#pass -= n;
       off = n;
       if (this.#pass > 0) {
