@@ -4,11 +4,13 @@
 //
 //   postern --config FILE          run
 //   postern check --config FILE    validate, list every problem, exit 1 if any
+//   postern passwd USER           users-file line with a SCRAM verifier
 //   postern demo                   throwaway PostgreSQL + TLS + Postern, prints a psql line
 //   postern config-docs            print docs/configuration.md
 //   postern --version | --help
 
 import { parseArgs } from 'node:util';
+import { loadAuthState } from './auth/store.ts';
 import { renderConfigDocs } from './config/docs.ts';
 import { loadConfigFile } from './config/load.ts';
 import { Postern } from './server.ts';
@@ -19,13 +21,16 @@ const HELP = `postern ${VERSION}: a PostgreSQL-aware gateway
 Usage:
   postern --config FILE          run with FILE (YAML)
   postern check --config FILE    validate FILE; lists every problem by key path
+  postern passwd USER            print a users-file line with a SCRAM-SHA-256 verifier
+                                 (password read without echo, or one line from stdin)
   postern demo                   start a throwaway PostgreSQL and Postern with TLS,
                                  and print a psql command that connects through it
   postern config-docs            print the configuration reference (markdown)
   postern --version              print the version
   postern --help                 print this help
 
-Signals: SIGTERM/SIGINT stop accepting, let sessions finish (limits.shutdown_timeout), then exit.
+Signals: SIGHUP reloads the authentication files and reloadable settings;
+SIGTERM/SIGINT stop accepting, let sessions finish (limits.shutdown_timeout), then exit.
 Docs: docs/configuration.md`;
 
 async function main(argv: string[]): Promise<number> {
@@ -52,6 +57,23 @@ async function main(argv: string[]): Promise<number> {
     case 'config-docs':
       process.stdout.write(renderConfigDocs());
       return 0;
+    case 'passwd': {
+      const user = positionals[1];
+      if (user === undefined || user === '') {
+        console.error('postern: usage: postern passwd USER  (reads the password from the terminal without echo, or one line from stdin)');
+        return 2;
+      }
+      const { readPasswordNoEcho, formatUsersFileLine } = await import('./auth/passwd.ts');
+      const { makeVerifier, formatVerifier } = await import('./auth/scram.ts');
+      const password = await readPasswordNoEcho(`Password for ${user}: `, process.stdin, process.stderr);
+      if (password === '') {
+        console.error('postern: empty password refused');
+        return 1;
+      }
+      // One line for auth.users_file; the password itself is never printed.
+      console.log(formatUsersFileLine(user, formatVerifier(await makeVerifier(password))));
+      return 0;
+    }
     case 'demo': {
       const { runDemo } = await import('./dev/demo.ts');
       return runDemo(values.port === undefined ? undefined : Number(values.port));
@@ -63,9 +85,10 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const loaded = loadConfigFile(values.config);
-      if (!loaded.ok) {
-        console.error(`postern: ${values.config}: ${loaded.problems.length} problem(s):`);
-        for (const p of loaded.problems) console.error(`  ${p.path || '(file)'}: ${p.message}`);
+      const problems = loaded.ok ? loadAuthState(loaded.config).problems : loaded.problems;
+      if (!loaded.ok || problems.length > 0) {
+        console.error(`postern: ${values.config}: ${problems.length} problem(s):`);
+        for (const p of problems) console.error(`  ${p.path || '(file)'}: ${p.message}`);
         return 1;
       }
       if (command === 'check') {
@@ -79,6 +102,10 @@ async function main(argv: string[]): Promise<number> {
           postern.log.info({ signal: sig }, 'shutting down');
           postern.shutdown().then(resolve, resolve);
         };
+        process.on('SIGHUP', () => {
+          const problems = postern.reload(values.config);
+          if (problems.length > 0) postern.log.warn({ problems }, 'SIGHUP: reload refused, running configuration kept');
+        });
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
       });

@@ -4,7 +4,9 @@
 
 import net from 'node:net';
 import type tls from 'node:tls';
-import type { Config } from './config/schema.ts';
+import { loadAuthState } from './auth/store.ts';
+import { loadConfigFile } from './config/load.ts';
+import type { Config, DatabaseConfig } from './config/schema.ts';
 import { Context } from './frontend/context.ts';
 import { ClientSession, upgrading } from './frontend/session.ts';
 import { createLogger, type Logger } from './observability/log.ts';
@@ -33,7 +35,11 @@ export class Postern {
   constructor(config: Config, opts: PosternOptions = {}) {
     const log = opts.logger ?? createLogger(config.log.level);
     const clientTls = clientTlsConfigured(config) ? createClientTlsServer(config) : null;
-    this.ctx = new Context(config, log, clientTls);
+    const auth = loadAuthState(config);
+    if (auth.problems.length > 0) {
+      throw new Error(`invalid authentication files:\n${auth.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`);
+    }
+    this.ctx = new Context(config, log, clientTls, auth.state);
     if (clientTls !== null) {
       clientTls.on('secureConnection', (sock: tls.TLSSocket) => {
         const raw = rawOf(sock);
@@ -82,6 +88,40 @@ export class Postern {
   }
 
   /**
+   * Re-reads the authentication files (hba, ident, users) and, when given,
+   * the config file's reloadable settings. Builds a complete new snapshot and
+   * swaps it in only if everything is valid; open sessions keep what they
+   * logged in with. Returns the problems (empty on success).
+   */
+  reload(configFile?: string): Array<{ path: string; message: string }> {
+    let config = this.ctx.config;
+    if (configFile !== undefined) {
+      const loaded = loadConfigFile(configFile);
+      if (!loaded.ok) return loaded.problems;
+      // Settings that need a restart keep their running values.
+      config = {
+        ...loaded.config,
+        listen: this.ctx.config.listen,
+        tls: this.ctx.config.tls,
+        databases: mergeDatabases(this.ctx.config, loaded.config),
+      };
+    }
+    const auth = loadAuthState(config);
+    if (auth.problems.length > 0) {
+      this.log.warn({ problems: auth.problems }, 'reload refused: authentication files are invalid');
+      return auth.problems;
+    }
+    this.ctx.config = config;
+    this.ctx.auth = auth.state;
+    this.ctx.lookupCache.clear();
+    const a = config.auth;
+    this.ctx.throttle.configure({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
+    this.log.level = config.log.level;
+    this.log.info({ users: auth.state.users.size, hbaRules: auth.state.hba?.length ?? null }, 'reloaded');
+    return [];
+  }
+
+  /**
    * Graceful shutdown: stop accepting, wait up to `timeoutMs` for sessions to
    * end on their own, then end the rest with FATAL 57P01 as Postgres does on a
    * fast shutdown.
@@ -105,4 +145,19 @@ export class Postern {
   async close(): Promise<void> {
     await this.shutdown(0);
   }
+}
+
+/** Databases keep their connection settings (restart) but take new credentials (reloadable). */
+function mergeDatabases(running: Config, next: Config): Record<string, DatabaseConfig> {
+  const out: Record<string, DatabaseConfig> = {};
+  for (const [name, db] of Object.entries(running.databases)) {
+    const n = next.databases[name];
+    const merged: DatabaseConfig = { ...db };
+    delete merged.server_user;
+    delete merged.server_password;
+    if (n?.server_user !== undefined) merged.server_user = n.server_user;
+    if (n?.server_password !== undefined) merged.server_password = n.server_password;
+    out[name] = merged;
+  }
+  return out;
 }

@@ -141,6 +141,12 @@ function crossCheck(c: Config): ConfigProblem[] {
   readable(t.cert, 'tls.cert', problems);
   readable(t.key, 'tls.key', problems);
   readable(t.ca, 'tls.ca', problems);
+  if (c.auth.query_database !== undefined && c.databases[c.auth.query_database] === undefined) {
+    problems.push({ path: 'auth.query_database', message: `"${c.auth.query_database}" is not a key of databases` });
+  }
+  readable(c.auth.hba_file, 'auth.hba_file', problems);
+  readable(c.auth.ident_file, 'auth.ident_file', problems);
+  readable(c.auth.users_file, 'auth.users_file', problems);
   if (Object.keys(c.databases).length === 0) {
     problems.push({ path: 'databases', message: 'at least one database must be configured' });
   }

@@ -33,6 +33,12 @@ function row(key: string, kind: SettingKind, schema: z.ZodType, def: unknown, re
   return def === undefined ? { key, kind, schema, reloadable, doc } : { key, kind, schema, default: def, reloadable, doc };
 }
 
+function secret(key: string, doc: string): Setting {
+  return { key, kind: 'string', schema: z.string(), reloadable: true, secret: true, doc };
+}
+
+const DEFAULT_AUTH_QUERY = 'SELECT username, secret, valid_until FROM postern.user_lookup($1)';
+
 export const SETTINGS: readonly Setting[] = [
   row('listen.host', 'string', z.string().min(1), '127.0.0.1', false, 'Address the client listener binds to (`0.0.0.0` or `::` for all).'),
   row('listen.port', 'int', port, 6432, false, 'Port of the client listener. One port serves plaintext, SSLRequest and direct TLS.'),
@@ -80,6 +86,74 @@ export const SETTINGS: readonly Setting[] = [
     'OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are not affected). Default: Node.js defaults.',
   ),
 
+  row(
+    'auth.hba_file',
+    'path',
+    path,
+    undefined,
+    true,
+    "Client authentication rules in pg_hba.conf syntax (first matching line wins). Methods: `trust`, `reject`, `md5`, `password`, `scram-sha-256`, `scram-sha-256-plus` (channel binding required), `cert`, `passthrough` (relay the server's own exchange). Unset: every client uses `passthrough`. Reloaded on SIGHUP.",
+  ),
+  row(
+    'auth.ident_file',
+    'path',
+    path,
+    undefined,
+    true,
+    'User name maps in pg_ident.conf syntax, for `map=` on `cert` lines. Reloaded on SIGHUP.',
+  ),
+  row(
+    'auth.users_file',
+    'path',
+    path,
+    undefined,
+    true,
+    'Client secrets, one `"user" "secret"` per line (PgBouncer userlist format): SCRAM-SHA-256 verifiers (`postern passwd` makes one) or MD5 hashes. Reloaded on SIGHUP; open sessions are untouched.',
+  ),
+  row(
+    'auth.query',
+    'string',
+    z.string().min(1),
+    DEFAULT_AUTH_QUERY,
+    true,
+    "Query that looks up a user's secret on the server when the users file has none: `$1` is the user name; columns: user name, secret (`rolpassword` format), and optionally the expiry (`rolvaliduntil`). Used when `auth.query_user` is set.",
+  ),
+  row(
+    'auth.query_user',
+    'string',
+    z.string().min(1),
+    undefined,
+    true,
+    'Server role Postern logs in as to run `auth.query`. Unset: no lookup.',
+  ),
+  secret('auth.query_password', 'Password of `auth.query_user` (or use a certificate: `databases.*.tls.cert`).'),
+  row(
+    'auth.query_database',
+    'string',
+    z.string().min(1),
+    undefined,
+    true,
+    'Database (a key of `databases`) the lookup runs in. Default: the database the client asked for.',
+  ),
+  row(
+    'auth.cache_ttl',
+    'duration',
+    duration,
+    '60s',
+    true,
+    'How long a looked-up secret is reused. A failed login drops the cached entry, so a rotated password is picked up at once.',
+  ),
+  row('auth.throttle_window', 'duration', duration, '60s', true, 'Window for counting failed logins per client address.'),
+  row(
+    'auth.throttle_max_failures',
+    'int',
+    z.number().int().min(0),
+    10,
+    true,
+    'Failed logins per address within the window before further logins are delayed and refused (0: never throttle).',
+  ),
+  row('auth.throttle_delay', 'duration', duration, '2s', true, 'How long a throttled login is held before it is refused.'),
+
   row('databases.*.host', 'string', z.string().min(1), '127.0.0.1', false, 'Host of the PostgreSQL server for this database.'),
   row('databases.*.port', 'int', port, 5432, false, 'Port of the PostgreSQL server.'),
   row(
@@ -116,6 +190,26 @@ export const SETTINGS: readonly Setting[] = [
     false,
     'Name sent as SNI and checked by `verify-full`. Default: `host`.',
   ),
+
+  row(
+    'databases.*.server_user',
+    'string',
+    z.string().min(1),
+    undefined,
+    true,
+    "Log into the server as this role for every client of this database (PgBouncer's `user=`). Default: the client's user (or `users.*.server_user`).",
+  ),
+  secret('databases.*.server_password', "Password for `server_user` (or for the client's own user when `server_user` is unset)."),
+
+  row(
+    'users.*.server_user',
+    'string',
+    z.string().min(1),
+    undefined,
+    true,
+    'User mapping: a client logged in as this user reaches the server as `server_user`.',
+  ),
+  secret('users.*.server_password', 'Password Postern uses for `users.*.server_user`.'),
 
   row(
     'limits.max_message_size',
@@ -195,6 +289,8 @@ export interface DatabaseConfig {
   host: string;
   port: number;
   dbname?: string;
+  server_user?: string;
+  server_password?: string;
   tls: { mode: TlsServerMode; ca?: string; cert?: string; key?: string; server_name?: string };
 }
 
@@ -210,6 +306,20 @@ export interface Config {
     ciphers?: string;
   };
   databases: Record<string, DatabaseConfig>;
+  users: Record<string, { server_user?: string; server_password?: string }>;
+  auth: {
+    hba_file?: string;
+    ident_file?: string;
+    users_file?: string;
+    query: string;
+    query_user?: string;
+    query_password?: string;
+    query_database?: string;
+    cache_ttl: number;
+    throttle_window: number;
+    throttle_max_failures: number;
+    throttle_delay: number;
+  };
   limits: { max_message_size: number; client_login_timeout: number; server_connect_timeout: number; shutdown_timeout: number };
   log: { level: (typeof LOG_LEVELS)[number] };
 }

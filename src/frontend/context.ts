@@ -3,7 +3,13 @@
 // Side channels (metrics, admin) read these same objects.
 
 import { randomBytes, randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type tls from 'node:tls';
+import { tlsServerEndPoint } from '../auth/scram.ts';
+import type { StoredSecret } from '../auth/secrets.ts';
+import type { AuthState } from '../auth/store.ts';
+import { LoginThrottle } from '../auth/throttle.ts';
+import type { ServerTarget } from '../backend/server-conn.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import { type ServerTlsOptions, serverTlsOptions } from '../tls/contexts.ts';
@@ -28,12 +34,52 @@ export class Context {
   readonly #byPid = new Map<number, SessionHandle>();
   #nextId = 1;
   shuttingDown = false;
+  auth: AuthState;
+  readonly throttle: LoginThrottle;
+  /** tls-server-end-point data of Postern's certificate (SCRAM-SHA-256-PLUS); null without TLS. */
+  channelBinding: Buffer | null = null;
+  /** Secrets fetched by auth_query: user@database -> entry. */
+  readonly lookupCache = new Map<string, { secret: StoredSecret | null; expires: number }>();
+  /** Login counters by method and outcome ("scram-sha-256/ok"), failures by reason; read by metrics/admin. */
+  readonly logins = new Map<string, number>();
+  readonly loginFailures = new Map<string, number>();
 
-  constructor(config: Config, log: Logger, clientTls: tls.Server | null) {
+  constructor(config: Config, log: Logger, clientTls: tls.Server | null, auth: AuthState) {
     this.config = config;
     this.log = log;
     this.clientTls = clientTls;
+    this.auth = auth;
+    const a = config.auth;
+    this.throttle = new LoginThrottle({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
     for (const [name, db] of Object.entries(config.databases)) this.#serverTls.set(name, serverTlsOptions(db));
+    if (clientTls !== null && config.tls.cert !== undefined) {
+      // The leaf is the first certificate of the (possibly chained) file.
+      const pem = readFileSync(config.tls.cert, 'utf8');
+      const first = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(pem)?.[0];
+      if (first) {
+        const der = Buffer.from(first.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
+        this.channelBinding = tlsServerEndPoint(der);
+      }
+    }
+  }
+
+  count(map: Map<string, number>, key: string): void {
+    map.set(key, (map.get(key) ?? 0) + 1);
+  }
+
+  /** The server a database name maps to. */
+  target(database: string): ServerTarget | undefined {
+    const db = this.config.databases[database];
+    const tlsOpts = this.#serverTls.get(database);
+    if (db === undefined || tlsOpts === undefined) return undefined;
+    return {
+      name: database,
+      host: db.host,
+      port: db.port,
+      dbname: db.dbname ?? database,
+      tls: tlsOpts,
+      connectTimeout: this.config.limits.server_connect_timeout,
+    };
   }
 
   nextId(): number {

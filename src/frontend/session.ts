@@ -1,8 +1,9 @@
 // One client session, from the first byte to the close: negotiation
 // (SSLRequest, GSSENCRequest, direct TLS, CancelRequest), the TLS upgrade,
-// the StartupMessage, the server connection, the relayed authentication
-// exchange, and then byte-exact forwarding in both directions with
-// backpressure. Session mode: one server connection per client session.
+// the StartupMessage, authentication (by Postern per the hba rules, or relayed
+// to the server: `passthrough`), the server connection, and then byte-exact
+// forwarding in both directions with backpressure. Session mode: one server
+// connection per client session.
 //
 // Every state change goes through #setState. Errors the client may see are
 // sent as ErrorResponse with Postgres's SQLSTATE; anything unexpected is
@@ -11,10 +12,15 @@
 import { timingSafeEqual } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
+import { type AuthOutcome, ClientAuthExchange, type PasswordMethod } from '../auth/client-auth.ts';
+import { type HbaMatchInput, type HbaRule, matchHba, noMatchMessage, rejectMessage } from '../auth/hba.ts';
+import { certAllows } from '../auth/ident.ts';
+import { classifySecret, type StoredSecret } from '../auth/secrets.ts';
 import { connectServer, ServerConnectError } from '../backend/connect.ts';
-import type { DatabaseConfig } from '../config/schema.ts';
+import { ServerConn, type ServerLink, ServerLoginError, type ServerSecret } from '../backend/server-conn.ts';
 import type { Logger } from '../observability/log.ts';
 import {
+  AUTH_OK,
   decodeAuth,
   decodeBackendKeyData,
   decodeNegotiateProtocolVersion,
@@ -25,10 +31,11 @@ import {
   encodeBackendKeyData,
   encodeError,
   encodeNegotiateProtocolVersion,
+  encodeParameterStatus,
+  encodeReadyForQuery,
 } from '../protocol/backend.ts';
-import { AUTH, BE, FE, LATEST_MINOR, VALID_BACKEND, VALID_FRONTEND } from '../protocol/codes.ts';
+import { AUTH, BE, FE, LATEST_MINOR, VALID_FRONTEND } from '../protocol/codes.ts';
 import { BAD_LENGTH, type FrameSink, MessageStream, NEED_MORE, startupFrame } from '../protocol/framer.ts';
-import { TERMINATE } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { decodeStartup, encodeCancel, encodeStartup, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
@@ -38,8 +45,11 @@ import type { Context, SessionHandle } from './context.ts';
 export const STATE = {
   Negotiating: 'negotiating',
   TlsHandshake: 'tls_handshake',
-  Connecting: 'connecting',
+  /** Postern is authenticating the client itself. */
   Authenticating: 'authenticating',
+  Connecting: 'connecting',
+  /** The server's own exchange is relayed (passthrough). */
+  Relaying: 'relaying',
   Active: 'active',
   Closed: 'closed',
 } as const;
@@ -54,7 +64,7 @@ function table(codes: number[]): Uint8Array {
   for (const c of codes) t[c] = 1;
   return t;
 }
-/** Server messages Postern must act on while the session starts. */
+/** Server messages Postern must act on while a relayed session starts. */
 const SERVER_INSPECT_STARTUP = table([
   BE.Authentication,
   BE.BackendKeyData,
@@ -65,9 +75,12 @@ const SERVER_INSPECT_STARTUP = table([
 /** Steady state: only errors, to know whether the server said goodbye before closing. */
 const SERVER_INSPECT_ACTIVE = table([BE.ErrorResponse]);
 const CLIENT_INSPECT = table([FE.Terminate]);
-/** While authenticating: SASLInitialResponse too (to catch a channel-binding downgrade the server would refuse). */
-const CLIENT_INSPECT_AUTH = table([FE.Terminate, FE.Password]);
+/** While relaying auth: SASLInitialResponse too (to catch a channel-binding downgrade the server would refuse). */
+const CLIENT_INSPECT_RELAY = table([FE.Terminate, FE.Password]);
+/** While Postern authenticates: every client message (only 'p' and 'X' are legal). */
+const CLIENT_INSPECT_ALL = VALID_FRONTEND;
 const GS2_CLIENT_SUPPORTS_CB = 0x79; // 'y'
+const PASSWORD_METHODS: ReadonlySet<string> = new Set(['scram-sha-256', 'scram-sha-256-plus', 'md5', 'password']);
 
 /** The GS2 channel-binding flag byte of a SASLInitialResponse frame, or -1. */
 function saslGs2Flag(buf: Buffer, start: number, end: number): number {
@@ -95,13 +108,10 @@ export class ClientSession implements SessionHandle {
   #loginTimer: NodeJS.Timeout | null;
   #database = '';
   #user = '';
-  #db: DatabaseConfig | null = null;
-  #server: net.Socket | null = null;
-  #serverTls: { version: string; cipher: string } | null = null;
+  #params = new Map<string, string>();
+  #server: ServerConn | null = null;
   #clientStream: MessageStream | null = null;
-  #serverStream: MessageStream | null = null;
   #pid: number | null = null;
-  #serverKey: { pid: number; key: Buffer } | null = null;
   #clientMinor = 0;
   #requestMinor = 0;
   #negotiatedMinor = 0;
@@ -109,6 +119,10 @@ export class ClientSession implements SessionHandle {
   #serverSaidFatal = false;
   /** AuthenticationSASL was relayed and the client's SASLInitialResponse has not been seen yet. */
   #saslRequested = false;
+  #exchange: ClientAuthExchange | null = null;
+  #authBusy = false;
+  /** How the client was authenticated: an hba method name, for logs and counters. */
+  authMethod = '';
   #closing = false;
   bytesIn = 0;
   bytesOut = 0;
@@ -136,6 +150,11 @@ export class ClientSession implements SessionHandle {
 
   #setState(next: SessionState): void {
     this.#state = next;
+  }
+
+  /** A method, not a field read, so checks after an await are not narrowed away. */
+  #isClosed(): boolean {
+    return this.#state === STATE.Closed;
   }
 
   // ---------------------------------------------------------------- negotiation
@@ -293,6 +312,7 @@ export class ClientSession implements SessionHandle {
     const database = params.get('database') || user;
     this.#user = user;
     this.#database = database;
+    this.#params = params;
     const addr = this.#raw.remoteAddress ?? 'unknown';
     const mode = cfg.tls.mode;
     if ((mode === 'require' || mode === 'verify-ca' || mode === 'verify-full') && this.#tls === null) {
@@ -320,35 +340,334 @@ export class ClientSession implements SessionHandle {
         }
       }
     }
-    const db = cfg.databases[database];
-    if (db === undefined) {
+    if (cfg.databases[database] === undefined) {
       this.#fatal(SQLSTATE.InvalidCatalogName, `database "${database}" does not exist`);
       return;
     }
-    this.#db = db;
     this.#clientMinor = minor;
     this.#requestMinor = Math.min(minor, LATEST_MINOR);
     this.#negotiatedMinor = this.#requestMinor;
-    this.#setState(STATE.Connecting);
     this.#client.removeListener('data', this.#onStartupData);
-    this.#client.pause();
     this.log.debug({ user, database, protocol: `3.${minor}`, tls: this.#tls?.version ?? null }, 'startup');
-
-    // Forward the client's parameters in order, with the database name mapped.
-    const out: [string, string][] = [];
-    for (const [k, v] of params) out.push([k, k === 'database' ? (db.dbname ?? database) : v]);
-    if (!params.has('database')) out.push(['database', db.dbname ?? database]);
-    const startup = encodeStartup((3 << 16) | this.#requestMinor, out);
+    // From here on the client speaks typed messages.
+    this.#clientStream = new MessageStream(this.#clientSink, VALID_FRONTEND, CLIENT_INSPECT_ALL, cfg.limits.max_message_size);
+    this.#client.on('drain', this.#onClientDrain);
+    this.#client.on('data', this.#onClientData);
     const earlyCopy = early.length > 0 ? Buffer.from(early) : null;
+    this.#authenticate().then(
+      () => {
+        if (earlyCopy !== null && this.#state !== STATE.Closed) this.#onClientData(earlyCopy);
+      },
+      (e: Error) => this.#internalError(e),
+    );
+  }
 
-    const tlsOpts = this.#ctx.serverTls(database);
-    if (tlsOpts === undefined) {
-      this.#fatal(SQLSTATE.InvalidCatalogName, `database "${database}" does not exist`);
+  #hbaInput(): HbaMatchInput {
+    return {
+      ssl: this.#tls !== null,
+      database: this.#database,
+      user: this.#user,
+      address: this.#raw.remoteAddress ?? '',
+      replication:
+        this.#params.get('replication') === 'true' || this.#params.get('replication') === 'on' || this.#params.get('replication') === '1',
+    };
+  }
+
+  async #authenticate(): Promise<void> {
+    const rules = this.#ctx.auth.hba;
+    if (rules === null) {
+      this.#startRelay();
       return;
     }
-    connectServer(db.host, db.port, tlsOpts, cfg.limits.server_connect_timeout).then(
-      (t) => this.#onServerConnected(t.socket, t.tls, startup, earlyCopy),
-      (err: Error) => this.#onServerConnectFailed(err),
+    const input = this.#hbaInput();
+    const rule = matchHba(rules, input);
+    if (rule === null) {
+      this.#loginFailed('no_hba_match', 'none');
+      this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, noMatchMessage(input));
+      return;
+    }
+    this.authMethod = rule.method;
+    this.log.debug({ line: rule.line, method: rule.method }, 'hba rule matched');
+    if (rule.method === 'passthrough') {
+      this.#startRelay();
+      return;
+    }
+    if (rule.method === 'reject') {
+      this.#loginFailed('hba_reject', rule.method);
+      this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, rejectMessage(input));
+      return;
+    }
+    if (rule.method === 'cert' || rule.options.clientcert !== undefined) {
+      if (!this.#checkClientCert(rule)) return;
+    }
+    this.#setState(STATE.Authenticating);
+    this.#negotiateOwnProtocol();
+    if (rule.method === 'trust' || rule.method === 'cert') {
+      await this.#loginOk(rule.method, {});
+      return;
+    }
+    if (!PASSWORD_METHODS.has(rule.method)) throw new Error(`unhandled hba method ${rule.method}`);
+    const method = rule.method as PasswordMethod;
+    if (method === 'password' && input.ssl === false && rule.connType !== 'hostnossl') {
+      this.#loginFailed('cleartext_over_plaintext', method);
+      this.#fatal(
+        SQLSTATE.InvalidAuthorizationSpecification,
+        'cleartext password authentication over an unencrypted connection is refused',
+        undefined,
+        'Connect with TLS (sslmode=require), or allow it explicitly with a hostnossl line in auth.hba_file.',
+      );
+      return;
+    }
+    const addr = this.#raw.remoteAddress ?? '';
+    if (this.#ctx.throttle.isThrottled(addr)) {
+      this.#ctx.throttle.throttledTotal++;
+      this.#ctx.count(this.#ctx.loginFailures, 'throttled');
+      this.log.info({ addr }, 'login throttled after repeated failures');
+      await new Promise((r) => setTimeout(r, this.#ctx.throttle.delayMs).unref());
+      this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, 'too many failed login attempts from this address; try again later');
+      return;
+    }
+    const secret = await this.#lookupSecret();
+    if (this.#isClosed()) return;
+    const exchange = new ClientAuthExchange({
+      method,
+      user: this.#user,
+      secret,
+      channelBinding: input.ssl ? this.#ctx.channelBinding : null,
+    });
+    this.#exchange = exchange;
+    const first = await exchange.start();
+    if (this.#isClosed()) return;
+    this.#client.write(first);
+  }
+
+  /** Client certificate checks for `cert` and `clientcert=`; sends the FATAL itself on failure. */
+  #checkClientCert(rule: HbaRule): boolean {
+    const sock = this.#tls !== null ? (this.#client as tls.TLSSocket) : null;
+    if (sock === null || !sock.authorized) {
+      this.#loginFailed('no_client_cert', rule.method);
+      this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, 'connection requires a valid client certificate');
+      return false;
+    }
+    if (rule.method === 'cert' || rule.options.clientcert === 'verify-full') {
+      const cert = sock.getPeerCertificate();
+      if (!certAllows(this.#ctx.auth.ident, rule.options.map, cert, this.#user)) {
+        this.#loginFailed('cert_name_mismatch', rule.method);
+        const msg =
+          rule.method === 'cert'
+            ? `certificate authentication failed for user "${this.#user}"`
+            : `certificate validation (clientcert=verify-full) failed for user "${this.#user}": CN mismatch`;
+        this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, msg);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** Postern answers protocol negotiation itself when it authenticates: 3.0 to 3.2, no `_pq_` options. */
+  #negotiateOwnProtocol(): void {
+    const unsupported = [...this.#params.keys()].filter((k) => k.startsWith('_pq_.'));
+    if (this.#clientMinor > LATEST_MINOR || unsupported.length > 0) {
+      this.#client.write(encodeNegotiateProtocolVersion(this.#requestMinor, unsupported));
+    }
+    this.#negotiatedMinor = this.#requestMinor;
+  }
+
+  /** The user's stored secret: users file first, then auth_query (cached). null: unknown user. */
+  async #lookupSecret(): Promise<StoredSecret | null> {
+    const fromFile = this.#ctx.auth.users.get(this.#user);
+    if (fromFile !== undefined) return fromFile;
+    const a = this.#ctx.config.auth;
+    if (a.query_user === undefined) return null;
+    const key = `${this.#user}@${this.#database}`;
+    const cached = this.#ctx.lookupCache.get(key);
+    if (cached !== undefined && cached.expires > Date.now()) return cached.secret;
+    const dbName = a.query_database ?? this.#database;
+    const target = this.#ctx.target(dbName);
+    if (target === undefined) return null;
+    const conn = new ServerConn(target, a.query_user, this.log);
+    try {
+      const secret: ServerSecret = a.query_password !== undefined ? { password: a.query_password } : {};
+      await conn.login(secret, [['application_name', 'postern auth_query']], this.#ctx.config.limits.max_message_size);
+      const rows = await conn.query(a.query, [this.#user]);
+      const row = rows[0];
+      let found: StoredSecret | null = null;
+      if (row !== undefined && typeof row[1] === 'string') {
+        const validUntil = row[2] ?? null;
+        // rolvaliduntil in the past: the password has expired; Postgres refuses the login.
+        const expired = validUntil !== null && validUntil !== 'infinity' && Date.parse(validUntil) < Date.now();
+        found = expired ? null : classifySecret(row[1]);
+      }
+      this.#ctx.lookupCache.set(key, { secret: found, expires: Date.now() + a.cache_ttl });
+      return found;
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message, database: dbName }, 'auth_query failed');
+      return null;
+    } finally {
+      conn.close();
+    }
+  }
+
+  async #onAuthMessage(buf: Buffer, start: number, end: number): Promise<void> {
+    const exchange = this.#exchange;
+    if (exchange === null || this.#authBusy) {
+      this.#fatal(SQLSTATE.ProtocolViolation, 'unexpected password message');
+      return;
+    }
+    this.#authBusy = true;
+    let out: AuthOutcome;
+    try {
+      out = await exchange.onPassword(buf, start, end);
+    } catch (e) {
+      if (e instanceof ProtocolViolation) {
+        this.#fatal(SQLSTATE.ProtocolViolation, 'malformed password packet');
+        return;
+      }
+      throw e;
+    } finally {
+      this.#authBusy = false;
+    }
+    if (this.#state === STATE.Closed) return;
+    const method = this.authMethod;
+    switch (out.kind) {
+      case 'continue':
+        this.#client.write(out.send);
+        return;
+      case 'fail': {
+        this.log.info({ user: this.#user, method, reason: out.reason }, 'password authentication failed');
+        this.#loginFailed('bad_password', method);
+        this.#ctx.throttle.recordFailure(this.#raw.remoteAddress ?? '');
+        // A rotated password must be picked up at once: drop the cached lookup.
+        this.#ctx.lookupCache.delete(`${this.#user}@${this.#database}`);
+        // Same answer for a wrong password and an unknown user, as Postgres.
+        this.#fatal(SQLSTATE.InvalidPassword, `password authentication failed for user "${this.#user}"`);
+        return;
+      }
+      case 'ok': {
+        this.#exchange = null;
+        const creds: { password?: string; scramKeys?: { clientKey: Buffer; serverKey: Buffer } } = {};
+        if (out.password !== undefined) creds.password = out.password;
+        if (out.scramKeys !== undefined) creds.scramKeys = out.scramKeys;
+        const final = exchange.finalMessage;
+        if (final !== null) this.#client.write(final);
+        await this.#loginOk(method, creds);
+        return;
+      }
+      default:
+        out satisfies never;
+    }
+  }
+
+  #loginFailed(reason: string, method: string): void {
+    this.#ctx.count(this.#ctx.logins, `${method}/fail`);
+    this.#ctx.count(this.#ctx.loginFailures, reason);
+  }
+
+  /** The client is authenticated: log into the server with Postern's credentials, then greet the client. */
+  async #loginOk(method: string, creds: { password?: string; scramKeys?: { clientKey: Buffer; serverKey: Buffer } }): Promise<void> {
+    const cfg = this.#ctx.config;
+    this.#ctx.count(this.#ctx.logins, `${method}/ok`);
+    this.log.debug({ user: this.#user, method }, 'client authenticated');
+    const db = cfg.databases[this.#database];
+    const target = this.#ctx.target(this.#database);
+    if (db === undefined || target === undefined) {
+      this.#fatal(SQLSTATE.InvalidCatalogName, `database "${this.#database}" does not exist`);
+      return;
+    }
+    const mapping = cfg.users[this.#user];
+    const serverUser = mapping?.server_user ?? db.server_user ?? this.#user;
+    const secret: ServerSecret = {};
+    const pw = mapping?.server_user !== undefined ? mapping.server_password : (mapping?.server_password ?? db.server_password);
+    if (pw !== undefined) secret.password = pw;
+    else if (serverUser === this.#user) {
+      if (creds.password !== undefined) secret.password = creds.password;
+      if (creds.scramKeys !== undefined) secret.scramKeys = creds.scramKeys;
+      const stored = this.#ctx.auth.users.get(this.#user);
+      if (stored?.kind === 'md5') secret.md5 = stored.hash;
+    }
+    const params: [string, string][] = [];
+    for (const [k, v] of this.#params) if (k !== 'user' && k !== 'database' && !k.startsWith('_pq_.')) params.push([k, v]);
+    this.#setState(STATE.Connecting);
+    const server = new ServerConn(target, serverUser, this.log);
+    this.#server = server;
+    try {
+      await server.login(secret, params, cfg.limits.max_message_size);
+    } catch (e) {
+      this.#server = null;
+      server.destroy();
+      this.#onServerLoginFailed(e as Error);
+      return;
+    }
+    if (this.#isClosed()) {
+      server.close();
+      this.#server = null;
+      return;
+    }
+    server.attach(this.#serverLink, SERVER_INSPECT_ACTIVE);
+    server.state = 'active';
+    const mine = this.#ctx.issueCancelKey(this.#negotiatedMinor >= 2 ? 32 : 4);
+    this.#pid = mine.pid;
+    this.cancelKey = mine.key;
+    this.#ctx.register(mine.pid, this);
+    const greet: Buffer[] = [AUTH_OK];
+    for (const [k, v] of server.params) greet.push(encodeParameterStatus(k, v));
+    greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(server.txStatus));
+    this.#client.write(Buffer.concat(greet));
+    this.#becomeActive();
+  }
+
+  #onServerLoginFailed(err: Error): void {
+    if (err instanceof ServerLoginError && err.fields !== null) {
+      // The server's own refusal (e.g. 28P01, 3D000, 53300), passed on as it said it.
+      this.log.warn({ database: this.#database, code: err.code, detail: err.message }, 'server login failed');
+      if (this.#state === STATE.Closed) return;
+      this.#fatal(err.code, err.fields.message ?? err.message, err.fields.detail);
+      return;
+    }
+    this.#onServerConnectFailed(err);
+  }
+
+  #becomeActive(): void {
+    this.#clearLoginTimer();
+    this.#setState(STATE.Active);
+    this.#clientStream?.setInspect(CLIENT_INSPECT);
+    this.log.debug({ database: this.#database, user: this.#user, method: this.authMethod }, 'session active');
+  }
+
+  /** Auth passthrough: open a server connection with the client's own startup and relay its exchange. */
+  #startRelay(): void {
+    this.authMethod = 'passthrough';
+    const cfg = this.#ctx.config;
+    const db = cfg.databases[this.#database];
+    const target = this.#ctx.target(this.#database);
+    if (db === undefined || target === undefined) {
+      this.#fatal(SQLSTATE.InvalidCatalogName, `database "${this.#database}" does not exist`);
+      return;
+    }
+    this.#setState(STATE.Relaying);
+    this.#clientStream?.setInspect(CLIENT_INSPECT_RELAY);
+    // Hold the client until the server is there to receive what it sends.
+    this.#client.pause();
+    // Forward the client's parameters in order, with the database name mapped.
+    const out: [string, string][] = [];
+    for (const [k, v] of this.#params) out.push([k, k === 'database' ? target.dbname : v]);
+    if (!this.#params.has('database')) out.push(['database', target.dbname]);
+    const startup = encodeStartup((3 << 16) | this.#requestMinor, out);
+    const server = new ServerConn(target, this.#user, this.log);
+    this.#server = server;
+    server.openRelay(startup, this.#serverLink, SERVER_INSPECT_STARTUP, cfg.limits.max_message_size).then(
+      () => {
+        if (this.#state !== STATE.Relaying) {
+          server.destroy();
+          return;
+        }
+        this.log.debug({ server: `${target.host}:${target.port}`, tls: server.tls?.version ?? null }, 'server connected');
+        this.#client.resume();
+      },
+      (err: Error) => {
+        this.#server = null;
+        this.#onServerConnectFailed(err);
+      },
     );
   }
 
@@ -359,49 +678,16 @@ export class ClientSession implements SessionHandle {
     this.#fatal(SQLSTATE.ConnectionFailure, `could not connect to the server for database "${this.#database}"`);
   }
 
-  #onServerConnected(
-    server: net.Socket,
-    serverTls: { version: string; cipher: string } | null,
-    startup: Buffer,
-    early: Buffer | null,
-  ): void {
-    if (this.#state !== STATE.Connecting) {
-      server.destroy();
-      return;
-    }
-    this.#server = server;
-    this.#serverTls = serverTls;
-    this.log.debug({ server: `${this.#db?.host}:${this.#db?.port}`, tls: serverTls?.version ?? null }, 'server connected');
-    const max = this.#ctx.config.limits.max_message_size;
-    this.#serverStream = new MessageStream(this.#serverSink, VALID_BACKEND, SERVER_INSPECT_STARTUP, max);
-    this.#clientStream = new MessageStream(this.#clientSink, VALID_FRONTEND, CLIENT_INSPECT_AUTH, max);
-    server.on('data', this.#onServerData);
-    server.on('error', this.#onServerError);
-    server.on('close', this.#onServerClose);
-    server.on('drain', this.#onServerDrain);
-    this.#client.on('drain', this.#onClientDrain);
-    this.#setState(STATE.Authenticating);
-    server.write(startup);
-    server.resume();
-    this.#client.on('data', this.#onClientData);
-    if (early !== null) this.#onClientData(early);
-    this.#client.resume();
+  #internalError(e: Error): void {
+    this.log.error({ err: e.message, stack: e.stack }, 'internal error');
+    this.#fatal(SQLSTATE.InternalError, 'internal error in Postern');
   }
 
   // ---------------------------------------------------------------- forwarding
 
   #onClientData = (chunk: Buffer): void => {
     this.bytesIn += chunk.length;
-    (this.#clientStream as MessageStream).push(chunk);
-  };
-
-  #onServerData = (chunk: Buffer): void => {
-    this.bytesOut += chunk.length;
-    (this.#serverStream as MessageStream).push(chunk);
-  };
-
-  #onServerDrain = (): void => {
-    this.#client.resume();
+    this.#clientStream?.push(chunk);
   };
 
   #onClientDrain = (): void => {
@@ -409,50 +695,69 @@ export class ClientSession implements SessionHandle {
   };
 
   #toServer(buf: Buffer, start: number, end: number): void {
-    const server = this.#server as net.Socket;
+    const server = this.#server;
+    if (server === null) return;
     const ok = server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     if (!ok) this.#client.pause();
   }
 
   #toClient(buf: Buffer, start: number, end: number): void {
+    this.bytesOut += end - start;
     const ok = this.#client.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     if (!ok) this.#server?.pause();
   }
 
   #clientSink: FrameSink = {
-    onRun: (buf, start, end) => this.#toServer(buf, start, end),
+    onRun: (buf, start, end) => {
+      if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
+    },
     onMessage: (type, buf, start, end) => {
-      if (type === FE.Password) {
-        if (this.#saslRequested && this.#serverTls !== null && saslGs2Flag(buf, start, end) === GS2_CLIENT_SUPPORTS_CB) {
-          // libpq on TLS sends "y": it supports channel binding but saw no -PLUS
-          // offer. A server whose own link is TLS must then refuse (downgrade
-          // protection), and a relayed exchange cannot be re-bound without the
-          // user's verifier. Say so precisely instead of relaying a puzzle.
-          this.#saslRequested = false;
-          this.#fatal(
-            SQLSTATE.InvalidAuthorizationSpecification,
-            'SCRAM authentication cannot be relayed: the client supports channel binding and the server link uses TLS',
-            `The server refuses a relayed SCRAM exchange from a client that supports channel binding. Connect with channel_binding=disable, set databases.${this.#database}.tls.mode to disable, or use a server password method that does not bind to the channel.`,
-          );
-          return;
-        }
-        this.#saslRequested = false;
+      if (type === FE.Terminate) {
+        if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
+        this.log.debug('client terminated');
+        this.#clientStream?.kill();
+        this.#close();
+        return;
+      }
+      if (this.#state === STATE.Relaying) {
+        this.#onRelayedPassword(buf, start, end);
+        return;
+      }
+      if (this.#state === STATE.Authenticating && type === FE.Password) {
+        this.#onAuthMessage(buf, start, end).catch((e: Error) => this.#internalError(e));
+        return;
+      }
+      if (this.#state === STATE.Active) {
         this.#toServer(buf, start, end);
         return;
       }
-      if (type === FE.Terminate) {
-        this.#toServer(buf, start, end);
-        this.log.debug('client terminated');
-        this.#close();
-        (this.#clientStream as MessageStream).kill();
-      }
+      // Postgres's answer to anything but a password message during authentication.
+      this.#fatal(SQLSTATE.ProtocolViolation, `expected password response, got message type ${type}`);
     },
     onViolation: (kind, detail) => this.#clientViolation(kind, detail),
   };
 
-  #serverSink: FrameSink = {
-    onRun: (buf, start, end) => this.#toClient(buf, start, end),
-    onMessage: (type, buf, start, end) => {
+  #onRelayedPassword(buf: Buffer, start: number, end: number): void {
+    if (this.#saslRequested && this.#server?.tls && saslGs2Flag(buf, start, end) === GS2_CLIENT_SUPPORTS_CB) {
+      // libpq on TLS sends "y": it supports channel binding but saw no -PLUS
+      // offer. A server whose own link is TLS must then refuse (downgrade
+      // protection), and a relayed exchange cannot be re-bound without the
+      // user's verifier. Say so precisely instead of relaying a puzzle.
+      this.#saslRequested = false;
+      this.#fatal(
+        SQLSTATE.InvalidAuthorizationSpecification,
+        'SCRAM authentication cannot be relayed: the client supports channel binding and the server link uses TLS',
+        `The server refuses a relayed SCRAM exchange from a client that supports channel binding. Connect with channel_binding=disable, set databases.${this.#database}.tls.mode to disable, or authenticate at Postern (auth.hba_file).`,
+      );
+      return;
+    }
+    this.#saslRequested = false;
+    this.#toServer(buf, start, end);
+  }
+
+  #serverLink: ServerLink = {
+    onServerRun: (buf, start, end) => this.#toClient(buf, start, end),
+    onServerMessage: (type, buf, start, end) => {
       try {
         this.#onServerMessage(type, buf, start, end);
       } catch (e) {
@@ -460,7 +765,9 @@ export class ClientSession implements SessionHandle {
         else throw e;
       }
     },
-    onViolation: (kind, detail) => this.#serverViolation(kind, detail),
+    onServerViolation: (kind, detail) => this.#serverViolation(kind, detail),
+    onServerClosed: () => this.#onServerClose(),
+    onServerDrain: () => this.#client.resume(),
   };
 
   #onServerMessage(type: number, buf: Buffer, start: number, end: number): void {
@@ -497,12 +804,16 @@ export class ClientSession implements SessionHandle {
           this.#client.write(encodeAuthSasl(mechs));
           return;
         }
-        if (auth.code === AUTH.Ok) this.log.debug('authenticated by server');
+        if (auth.code === AUTH.Ok) {
+          this.log.debug('authenticated by server');
+          this.#ctx.count(this.#ctx.logins, 'passthrough/ok');
+        }
         this.#toClient(buf, start, end);
         return;
       }
       case BE.BackendKeyData: {
-        this.#serverKey = decodeBackendKeyData(buf, start, end);
+        const server = this.#server;
+        if (server !== null) server.key = decodeBackendKeyData(buf, start, end);
         const mine = this.#ctx.issueCancelKey(this.#negotiatedMinor >= 2 ? 32 : 4);
         this.#pid = mine.pid;
         this.cancelKey = mine.key;
@@ -513,17 +824,16 @@ export class ClientSession implements SessionHandle {
       case BE.ErrorResponse: {
         const e = decodeNotice(buf, start, end);
         this.#serverSaidFatal = true;
+        if (e.code === SQLSTATE.InvalidPassword) this.#ctx.count(this.#ctx.logins, 'passthrough/fail');
         this.log.info({ code: e.code ?? null, database: this.#database, user: this.#user }, 'server refused the session');
         this.#toClient(buf, start, end);
         return;
       }
       case BE.ReadyForQuery: {
         this.#toClient(buf, start, end);
-        this.#clearLoginTimer();
-        this.#setState(STATE.Active);
-        (this.#serverStream as MessageStream).setInspect(SERVER_INSPECT_ACTIVE);
-        (this.#clientStream as MessageStream).setInspect(CLIENT_INSPECT);
-        this.log.debug({ database: this.#database, user: this.#user }, 'session active');
+        this.#server?.markLoggedIn();
+        this.#server?.attach(this.#serverLink, SERVER_INSPECT_ACTIVE);
+        this.#becomeActive();
         return;
       }
       case BE.NegotiateProtocolVersion:
@@ -552,15 +862,15 @@ export class ClientSession implements SessionHandle {
   // ---------------------------------------------------------------- cancel / shutdown
 
   cancel(): void {
-    const db = this.#db;
-    const key = this.#serverKey;
-    const tlsOpts = this.#ctx.serverTls(this.#database);
-    if (db === null || key === null || tlsOpts === undefined || this.#state === STATE.Closed) return;
-    connectServer(db.host, db.port, tlsOpts, this.#ctx.config.limits.server_connect_timeout).then(
-      (t) => {
-        t.socket.on('error', () => {});
-        t.socket.end(encodeCancel(key.pid, key.key));
-        t.socket.resume();
+    const server = this.#server;
+    const key = server?.key ?? null;
+    if (server === null || key === null || this.#state === STATE.Closed) return;
+    const t = server.target;
+    connectServer(t.host, t.port, t.tls, t.connectTimeout).then(
+      (c) => {
+        c.socket.on('error', () => {});
+        c.socket.end(encodeCancel(key.pid, key.key));
+        c.socket.resume();
       },
       (err: Error) => this.log.warn({ err: err.message }, 'cancel could not reach the server'),
     );
@@ -568,7 +878,7 @@ export class ClientSession implements SessionHandle {
 
   terminate(code: string, message: string): void {
     if (this.#state === STATE.Closed) return;
-    if (this.#serverStream === null || this.#serverStream.atBoundary) this.#fatal(code, message);
+    if (this.#server === null || this.#server.atBoundary) this.#fatal(code, message);
     else this.#close();
   }
 
@@ -599,19 +909,16 @@ export class ClientSession implements SessionHandle {
     this.#close();
   };
 
-  #onServerError = (err: Error): void => {
-    this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error');
-  };
-
-  #onServerClose = (): void => {
-    if (this.#state === STATE.Closed || this.#closing) return;
+  #onServerClose(): void {
+    const server = this.#server;
+    if (this.#state === STATE.Closed || this.#closing || server === null) return;
     this.#server = null;
     if (this.#serverSaidFatal) {
       this.#close();
       return;
     }
     this.log.warn({ database: this.#database }, 'server closed the connection unexpectedly');
-    if (this.#serverStream === null || this.#serverStream.atBoundary) {
+    if (server.atBoundary) {
       this.#fatal(
         SQLSTATE.ConnectionFailure,
         'server closed the connection unexpectedly',
@@ -621,13 +928,14 @@ export class ClientSession implements SessionHandle {
       // Mid-message: an error frame would be read as the rest of that message.
       this.#destroy();
     }
-  };
+  }
 
   /** FATAL ErrorResponse to the client, then close both sides. */
-  #fatal(code: string, message: string, detail?: string): void {
+  #fatal(code: string, message: string, detail?: string, hint?: string): void {
     if (this.#state === STATE.Closed) return;
     const spec: ErrorSpec = { severity: 'FATAL', code, message };
     if (detail !== undefined) spec.detail = detail;
+    if (hint !== undefined) spec.hint = hint;
     const client = this.#client;
     if (!client.destroyed && client.writable) client.write(encodeError(spec));
     this.#close();
@@ -641,15 +949,12 @@ export class ClientSession implements SessionHandle {
     this.#clearLoginTimer();
     upgrading.delete(this.#raw);
     this.#ctx.unregister(this.#pid, this);
+    const clientAtBoundary = this.#clientStream === null || this.#clientStream.atBoundary;
     this.#clientStream?.kill();
-    this.#serverStream?.kill();
     const server = this.#server;
     this.#server = null;
-    if (server !== null && !server.destroyed) {
-      if (this.#clientStream === null || this.#clientStream.atBoundary) server.write(TERMINATE);
-      server.end();
-      setTimeout(() => server.destroy(), 5000).unref();
-    }
+    // Terminate only between client messages: never inside one we were forwarding.
+    if (server !== null) server.close(clientAtBoundary);
     const client = this.#client;
     if (!client.destroyed) {
       client.end();
@@ -676,6 +981,6 @@ export class ClientSession implements SessionHandle {
     return this.#tls;
   }
   get serverTlsInfo(): { version: string; cipher: string } | null {
-    return this.#serverTls;
+    return this.#server?.tls ?? null;
   }
 }

@@ -23,3 +23,28 @@ export function encodeSaslResponse(data: Buffer): Buffer {
 export function encodeQuery(sql: string): Buffer {
   return new Writer().cstring(sql).message(FE.Query);
 }
+
+/** Parse: statement name, query text, no parameter types (the server infers them). */
+export function encodeParse(name: string, sql: string): Buffer {
+  return new Writer().cstring(name).cstring(sql).int16(0).message(FE.Parse);
+}
+
+/** Bind with text parameters (NULL for null) and text results. */
+export function encodeBind(portal: string, statement: string, params: readonly (string | null)[]): Buffer {
+  const w = new Writer().cstring(portal).cstring(statement).int16(0).int16(params.length);
+  for (const p of params) {
+    if (p === null) w.int32(-1);
+    else {
+      const b = Buffer.from(p, 'utf8');
+      w.int32(b.length).bytes(b);
+    }
+  }
+  return w.int16(0).message(FE.Bind);
+}
+
+export function encodeExecute(portal: string, maxRows: number): Buffer {
+  return new Writer().cstring(portal).int32(maxRows).message(FE.Execute);
+}
+
+/** Sync, built once. */
+export const SYNC: Buffer = new Writer().message(FE.Sync);

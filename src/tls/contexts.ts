@@ -29,7 +29,9 @@ export function createClientTlsServer(config: Config): tls.Server {
     handshakeTimeout: config.limits.client_login_timeout,
     // Certificates are checked after the handshake so the client gets a
     // Postgres error (28000) instead of a bare TLS alert.
-    requestCert: verify,
+    // Ask for a certificate whenever there is a CA to check it against: hba
+    // `cert` lines and `clientcert=` need it even under tls.mode allow.
+    requestCert: verify || t.ca !== undefined,
     rejectUnauthorized: false,
   };
   if (t.ca !== undefined) opts.ca = readFileSync(t.ca);

@@ -1,0 +1,435 @@
+// A server connection Postern logged into itself: transport (TCP, SSLRequest,
+// TLS), StartupMessage, the authentication exchange answered from Postern's
+// own credentials (cleartext, MD5, SCRAM-SHA-256 with channel binding when the
+// link is TLS and the server offers it, or SCRAM keys recovered from a client's
+// proof), then ParameterStatus and BackendKeyData until ReadyForQuery.
+// After login the connection is handed to pools and linked to one client at a
+// time; its bytes go to whatever ServerLink is attached.
+
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { md5Response } from '../auth/md5.ts';
+import { ScramClient, tlsServerEndPoint } from '../auth/scram.ts';
+import type { Logger } from '../observability/log.ts';
+import {
+  decodeAuth,
+  decodeBackendKeyData,
+  decodeNotice,
+  decodeParameterStatus,
+  decodeReadyForQuery,
+  decodeSaslMechanisms,
+  type NoticeFields,
+} from '../protocol/backend.ts';
+import { AUTH, BE, VALID_BACKEND } from '../protocol/codes.ts';
+import { type FrameSink, MessageStream } from '../protocol/framer.ts';
+import {
+  encodeBind,
+  encodeExecute,
+  encodeParse,
+  encodePassword,
+  encodeSaslInitial,
+  encodeSaslResponse,
+  SYNC,
+  TERMINATE,
+} from '../protocol/frontend.ts';
+import { Reader } from '../protocol/reader.ts';
+import { encodeStartup } from '../protocol/startup.ts';
+import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
+import type { ServerTlsOptions } from '../tls/contexts.ts';
+import { connectServer } from './connect.ts';
+
+export const SV = {
+  Login: 'login',
+  Idle: 'idle',
+  Active: 'active',
+  /** Returned by a client but not yet clean (reset query running). */
+  Used: 'used',
+  Closed: 'closed',
+} as const;
+export type ServerState = (typeof SV)[keyof typeof SV];
+
+export interface ServerTarget {
+  /** The database name clients ask for (the config key). */
+  name: string;
+  host: string;
+  port: number;
+  /** Database name on the server. */
+  dbname: string;
+  tls: ServerTlsOptions;
+  connectTimeout: number;
+}
+
+/** What Postern answers the server's authentication request with. */
+export interface ServerSecret {
+  password?: string;
+  /** Stored MD5 hash ('md5' + 32 hex): enough to answer MD5 without the password. */
+  md5?: string;
+  /** SCRAM passthrough: ClientKey recovered from a client's proof, ServerKey from the verifier. */
+  scramKeys?: { clientKey: Buffer; serverKey: Buffer };
+}
+
+/** A login the server refused: carries the server's own error fields for the client. */
+export class ServerLoginError extends Error {
+  readonly fields: NoticeFields | null;
+  readonly code: string;
+  constructor(code: string, message: string, fields: NoticeFields | null = null) {
+    super(message);
+    this.name = 'ServerLoginError';
+    this.code = code;
+    this.fields = fields;
+  }
+}
+
+export interface ServerLink {
+  onServerRun(buf: Buffer, start: number, end: number): void;
+  onServerMessage(type: number, buf: Buffer, start: number, end: number): void;
+  onServerViolation(kind: ViolationKind, detail: string): void;
+  onServerClosed(conn: ServerConn): void;
+  onServerDrain(): void;
+}
+
+const ALL_BACKEND = VALID_BACKEND;
+
+interface LoginState {
+  secret: ServerSecret;
+  scram: ScramClient | null;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+let nextServerId = 1;
+
+export class ServerConn implements FrameSink {
+  readonly id = nextServerId++;
+  readonly target: ServerTarget;
+  readonly user: string;
+  readonly params = new Map<string, string>();
+  readonly createdAt = Date.now();
+  lastUsedAt = Date.now();
+  key: { pid: number; key: Buffer } | null = null;
+  tls: { version: string; cipher: string } | null = null;
+  /** Transaction status of the last ReadyForQuery. */
+  txStatus = 0x49;
+  state: ServerState = SV.Login;
+  /** The relayed login reached ReadyForQuery (set by the session in passthrough). */
+  markLoggedIn(): void {
+    this.state = SV.Active;
+  }
+  /** Free-form owner tag (the pool it belongs to). */
+  pool: unknown = null;
+  readonly log: Logger;
+  #socket: net.Socket | null = null;
+  #stream: MessageStream | null = null;
+  #link: ServerLink | null = null;
+  #closed = false;
+  #login: LoginState | null = null;
+
+  constructor(target: ServerTarget, user: string, log: Logger) {
+    this.target = target;
+    this.user = user;
+    this.log = log.child({ server: this.id });
+  }
+
+  get socket(): net.Socket | null {
+    return this.#socket;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Connects and logs in; resolves at the first ReadyForQuery. */
+  async login(secret: ServerSecret, params: Iterable<[string, string]>, maxMessage: number): Promise<void> {
+    const t = this.target;
+    const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout);
+    this.#socket = transport.socket;
+    this.tls = transport.tls;
+    const socket = transport.socket;
+    this.#stream = new MessageStream(this, ALL_BACKEND, ALL_BACKEND, maxMessage);
+    const startup: [string, string][] = [
+      ['user', this.user],
+      ['database', t.dbname],
+    ];
+    for (const [k, v] of params) if (k !== 'user' && k !== 'database') startup.push([k, v]);
+    await new Promise<void>((resolve, reject) => {
+      this.#login = { secret, scram: null, resolve, reject };
+      socket.on('data', (chunk: Buffer) => this.#stream?.push(chunk));
+      socket.on('error', (err: Error) =>
+        this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'),
+      );
+      socket.on('close', () => this.#onClose());
+      socket.on('drain', () => this.#link?.onServerDrain());
+      socket.write(encodeStartup(3 << 16, startup));
+      socket.resume();
+    });
+  }
+
+  /**
+   * Connects and sends a client's own StartupMessage, with `link` attached
+   * from the first byte: the session relays the server's authentication
+   * exchange itself (auth passthrough). The session marks the login done.
+   */
+  async openRelay(startup: Buffer, link: ServerLink, inspect: Uint8Array, maxMessage: number): Promise<void> {
+    const t = this.target;
+    const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout);
+    this.#socket = transport.socket;
+    this.tls = transport.tls;
+    const socket = transport.socket;
+    this.#stream = new MessageStream(this, ALL_BACKEND, inspect, maxMessage);
+    this.#link = link;
+    socket.on('data', (chunk: Buffer) => this.#stream?.push(chunk));
+    socket.on('error', (err: Error) => this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'));
+    socket.on('close', () => this.#onClose());
+    socket.on('drain', () => this.#link?.onServerDrain());
+    socket.write(startup);
+    socket.resume();
+  }
+
+  /**
+   * Runs one statement with text parameters over the extended protocol on an
+   * idle, unlinked connection and returns its rows as text (NULL as null).
+   * For Postern's own lookups (auth_query); rejects with the server's error.
+   */
+  query(sql: string, params: readonly string[]): Promise<Array<Array<string | null>>> {
+    return new Promise((resolve, reject) => {
+      const rows: Array<Array<string | null>> = [];
+      let error: ServerLoginError | null = null;
+      const prevInspect = ALL_BACKEND;
+      const conn = this;
+      const link: ServerLink = {
+        onServerRun() {},
+        onServerMessage(type, buf, start, end) {
+          if (type === BE.DataRow) {
+            const r = new Reader(buf, start + 5, end);
+            const n = r.int16();
+            const row: Array<string | null> = [];
+            for (let i = 0; i < n; i++) {
+              const len = r.int32();
+              row.push(len < 0 ? null : r.bytes(len).toString('utf8'));
+            }
+            rows.push(row);
+          } else if (type === BE.ErrorResponse) {
+            const e = decodeNotice(buf, start, end);
+            error = new ServerLoginError(e.code ?? 'XX000', e.message ?? 'query failed', e);
+          } else if (type === BE.ReadyForQuery) {
+            conn.detach();
+            if (error !== null) reject(error);
+            else resolve(rows);
+          }
+        },
+        onServerViolation(_kind, detail) {
+          reject(new ServerLoginError('08P01', `server sent an invalid message: ${detail}`));
+        },
+        onServerClosed() {
+          reject(new ServerLoginError('08006', 'server closed the connection during a query'));
+        },
+        onServerDrain() {},
+      };
+      this.attach(link, prevInspect);
+      const w = [encodeParse('', sql), encodeBind('', '', params), encodeExecute('', 0), SYNC];
+      this.#socket?.write(Buffer.concat(w));
+    });
+  }
+
+  /** Routes the server's bytes to `link`, inspecting the types marked in `inspect`. */
+  attach(link: ServerLink, inspect: Uint8Array): void {
+    this.#link = link;
+    this.#stream?.setInspect(inspect);
+    this.lastUsedAt = Date.now();
+  }
+
+  detach(): void {
+    this.#link = null;
+    this.lastUsedAt = Date.now();
+  }
+
+  get linked(): ServerLink | null {
+    return this.#link;
+  }
+
+  get atBoundary(): boolean {
+    return this.#stream?.atBoundary ?? true;
+  }
+
+  write(buf: Buffer): boolean {
+    return this.#socket?.write(buf) ?? false;
+  }
+
+  pause(): void {
+    this.#socket?.pause();
+  }
+
+  resume(): void {
+    this.#socket?.resume();
+  }
+
+  /**
+   * Closes gracefully. `terminate`: send Terminate first; only valid when
+   * Postern's writes to the server sit between messages.
+   */
+  close(terminate = true): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.state = SV.Closed;
+    const s = this.#socket;
+    this.#stream?.kill();
+    if (s !== null && !s.destroyed) {
+      if (terminate) s.write(TERMINATE);
+      s.end();
+      setTimeout(() => s.destroy(), 2000).unref();
+    }
+  }
+
+  destroy(): void {
+    this.#closed = true;
+    this.state = SV.Closed;
+    this.#stream?.kill();
+    this.#socket?.destroy();
+  }
+
+  #onClose(): void {
+    const wasClosed = this.#closed;
+    this.#closed = true;
+    this.state = SV.Closed;
+    this.#stream?.kill();
+    if (this.#login !== null) {
+      const l = this.#login;
+      this.#login = null;
+      l.reject(new ServerLoginError('08006', 'server closed the connection during login'));
+      return;
+    }
+    if (!wasClosed) this.#link?.onServerClosed(this);
+  }
+
+  // ---- FrameSink: during login everything is inspected; afterwards, per attach().
+
+  onRun(buf: Buffer, start: number, end: number): void {
+    this.#link?.onServerRun(buf, start, end);
+  }
+
+  onMessage(type: number, buf: Buffer, start: number, end: number): void {
+    if (this.#login !== null) {
+      try {
+        this.#onLoginMessage(type, buf, start, end);
+      } catch (e) {
+        const l = this.#login;
+        this.#login = null;
+        this.destroy();
+        l?.reject(e instanceof ServerLoginError ? e : new ServerLoginError('08P01', `server login failed: ${(e as Error).message}`));
+      }
+      return;
+    }
+    if (type === BE.ReadyForQuery) this.txStatus = buf[start + 5] as number;
+    this.#link?.onServerMessage(type, buf, start, end);
+  }
+
+  onViolation(kind: ViolationKind, detail: string): void {
+    if (this.#login !== null) {
+      const l = this.#login;
+      this.#login = null;
+      this.destroy();
+      l.reject(new ServerLoginError('08P01', `server sent an invalid message: ${detail}`));
+      return;
+    }
+    this.log.warn({ kind, detail }, 'protocol violation by server');
+    this.#link?.onServerViolation(kind, detail);
+    this.destroy();
+  }
+
+  #onLoginMessage(type: number, buf: Buffer, start: number, end: number): void {
+    const login = this.#login;
+    const socket = this.#socket;
+    if (login === null || socket === null) return;
+    switch (type) {
+      case BE.Authentication:
+        this.#onAuth(login, socket, buf, start, end);
+        return;
+      case BE.ParameterStatus: {
+        const [k, v] = decodeParameterStatus(buf, start, end);
+        this.params.set(k, v);
+        return;
+      }
+      case BE.BackendKeyData:
+        this.key = decodeBackendKeyData(buf, start, end);
+        return;
+      case BE.NoticeResponse:
+      case BE.NegotiateProtocolVersion:
+        return;
+      case BE.ErrorResponse: {
+        const e = decodeNotice(buf, start, end);
+        throw new ServerLoginError(e.code ?? '08P01', e.message ?? 'server refused the login', e);
+      }
+      case BE.ReadyForQuery: {
+        this.txStatus = decodeReadyForQuery(buf, start, end);
+        this.#login = null;
+        this.state = SV.Idle;
+        this.log.debug({ user: this.user, database: this.target.dbname, tls: this.tls?.version ?? null }, 'server login ok');
+        login.resolve();
+        return;
+      }
+      default:
+        throw new ProtocolViolation('malformed', `unexpected message ${String.fromCharCode(type)} during login`);
+    }
+  }
+
+  #onAuth(login: LoginState, socket: net.Socket, buf: Buffer, start: number, end: number): void {
+    const auth = decodeAuth(buf, start, end);
+    const secret = login.secret;
+    switch (auth.code) {
+      case AUTH.Ok:
+        // A server that skips SCRAM's final message never proved it knows the
+        // verifier: do not accept the login.
+        if (login.scram !== null && !login.scram.done) throw new ServerLoginError('28000', 'server ended SCRAM without its final message');
+        return;
+      case AUTH.CleartextPassword:
+        if (secret.password === undefined)
+          throw new ServerLoginError('28P01', 'server asks for a cleartext password, and Postern holds none for this user');
+        socket.write(encodePassword(secret.password));
+        return;
+      case AUTH.MD5Password: {
+        const hash = secret.md5 ?? null;
+        if (hash === null && secret.password === undefined)
+          throw new ServerLoginError('28P01', 'server asks for MD5, and Postern holds no password or MD5 hash for this user');
+        socket.write(encodePassword(md5Response({ user: this.user, password: secret.password, md5: hash ?? undefined }, auth.data)));
+        return;
+      }
+      case AUTH.SASL: {
+        const mechs = decodeSaslMechanisms(auth.data);
+        const peer = this.tls !== null ? (socket as tls.TLSSocket).getPeerCertificate(true) : null;
+        const binding = peer?.raw ? tlsServerEndPoint(peer.raw) : undefined;
+        let client: ScramClient;
+        if (secret.scramKeys !== undefined)
+          client = new ScramClient({ keys: secret.scramKeys, channelBinding: binding, tls: this.tls !== null });
+        else if (secret.password !== undefined)
+          client = new ScramClient({ password: secret.password, channelBinding: binding, tls: this.tls !== null });
+        else throw new ServerLoginError('28P01', 'server asks for SCRAM, and Postern holds no password or SCRAM keys for this user');
+        client.chooseMechanism(mechs);
+        login.scram = client;
+        const first = client.initial();
+        socket.write(encodeSaslInitial(first.mechanism, first.data));
+        return;
+      }
+      case AUTH.SASLContinue: {
+        const scram = login.scram;
+        if (scram === null) throw new ServerLoginError('08P01', 'SASLContinue without SASL');
+        scram.handleContinue(Buffer.from(auth.data)).then(
+          (final) => socket.write(encodeSaslResponse(final)),
+          (e: Error) => {
+            const l = this.#login;
+            this.#login = null;
+            this.destroy();
+            l?.reject(new ServerLoginError('28P01', `SCRAM with the server failed: ${e.message}`));
+          },
+        );
+        return;
+      }
+      case AUTH.SASLFinal: {
+        const scram = login.scram;
+        if (scram === null) throw new ServerLoginError('08P01', 'SASLFinal without SASL');
+        scram.handleFinal(Buffer.from(auth.data));
+        return;
+      }
+      default:
+        throw new ServerLoginError('28000', `server requests an authentication method Postern does not support (${auth.code})`);
+    }
+  }
+}
