@@ -6,10 +6,11 @@
 // After login the connection is handed to pools and linked to one client at a
 // time; its bytes go to whatever ServerLink is attached.
 
+import { createHash } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { md5Response } from '../auth/md5.ts';
-import { ScramClient, tlsServerEndPoint } from '../auth/scram.ts';
+import { ScramClient, type ScramKeys, tlsServerEndPoint } from '../auth/scram.ts';
 import type { Logger } from '../observability/log.ts';
 import {
   decodeAuth,
@@ -89,6 +90,24 @@ export interface ServerLink {
 }
 
 const ALL_BACKEND = VALID_BACKEND;
+
+/**
+ * Derived SCRAM keys per (server, user, password): PBKDF2 runs once, off the
+ * event loop, and later logins reuse its result. The password's hash is part
+ * of the key, so a corrected password never meets keys derived from the old one.
+ */
+const scramKeyCaches = new Map<string, Map<string, ScramKeys>>();
+
+function keyCacheFor(target: ServerTarget, user: string, password: string): Map<string, ScramKeys> {
+  const id = `${target.host}:${target.port}/${user}/${createHash('sha256').update(password).digest('base64')}`;
+  let c = scramKeyCaches.get(id);
+  if (c === undefined) {
+    if (scramKeyCaches.size > 10_000) scramKeyCaches.clear();
+    c = new Map();
+    scramKeyCaches.set(id, c);
+  }
+  return c;
+}
 
 interface LoginState {
   secret: ServerSecret;
@@ -400,7 +419,12 @@ export class ServerConn implements FrameSink {
         if (secret.scramKeys !== undefined)
           client = new ScramClient({ keys: secret.scramKeys, channelBinding: binding, tls: this.tls !== null });
         else if (secret.password !== undefined)
-          client = new ScramClient({ password: secret.password, channelBinding: binding, tls: this.tls !== null });
+          client = new ScramClient({
+            password: secret.password,
+            cache: keyCacheFor(this.target, this.user, secret.password),
+            channelBinding: binding,
+            tls: this.tls !== null,
+          });
         else throw new ServerLoginError('28P01', 'server asks for SCRAM, and Postern holds no password or SCRAM keys for this user');
         client.chooseMechanism(mechs);
         login.scram = client;
