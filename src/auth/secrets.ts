@@ -40,6 +40,8 @@ function quotedTokens(line: string): string[] | null {
       i++;
       continue;
     }
+    // A comment may follow the tokens.
+    if (c === ';' || c === '#') break;
     if (c !== '"') return null;
     let tok = '';
     i++;
