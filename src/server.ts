@@ -31,6 +31,8 @@ export class Postern {
   readonly ctx: Context;
   #listener: net.Server | null = null;
   #closed = false;
+  /** The janitor: one coarse tick for every pool (wait timeouts, idle and lifetime limits, min_pool_size). */
+  #janitor: NodeJS.Timeout;
 
   constructor(config: Config, opts: PosternOptions = {}) {
     const log = opts.logger ?? createLogger(config.log.level);
@@ -40,6 +42,8 @@ export class Postern {
       throw new Error(`invalid authentication files:\n${auth.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`);
     }
     this.ctx = new Context(config, log, clientTls, auth.state);
+    this.#janitor = setInterval(() => this.ctx.pools.tick(), 1000);
+    this.#janitor.unref();
     if (clientTls !== null) {
       clientTls.on('secureConnection', (sock: tls.TLSSocket) => {
         const raw = rawOf(sock);
@@ -137,6 +141,8 @@ export class Postern {
       await new Promise((r) => setTimeout(r, 50));
     }
     for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
+    clearInterval(this.#janitor);
+    this.ctx.pools.closeAll();
     await closed;
     this.log.info('shut down');
   }

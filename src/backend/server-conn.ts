@@ -135,6 +135,15 @@ export class ServerConn implements FrameSink {
   }
   /** Free-form owner tag (the pool it belongs to). */
   pool: unknown = null;
+  /** Settings Postern SET on this connection for a client (name -> value), beyond what the server reports. */
+  readonly applied = new Map<string, string>();
+  /** Cancel requests sent for this connection and not yet delivered: it must not be lent to anyone else meanwhile. */
+  cancelsInFlight = 0;
+
+  /** After a reset query (DISCARD ALL): nothing Postern set survives. */
+  resetApplied(): void {
+    this.applied.clear();
+  }
   readonly log: Logger;
   #socket: net.Socket | null = null;
   #stream: MessageStream | null = null;
@@ -338,6 +347,12 @@ export class ServerConn implements FrameSink {
       return;
     }
     if (type === BE.ReadyForQuery) this.txStatus = buf[start + 5] as number;
+    else if (type === BE.ParameterStatus) {
+      // Reported settings are tracked whoever is linked, so a pooled
+      // connection always knows its own client_encoding, TimeZone, ...
+      const [k, v] = decodeParameterStatus(buf, start, end);
+      this.params.set(k, v);
+    }
     this.#link?.onServerMessage(type, buf, start, end);
   }
 

@@ -9,6 +9,7 @@ import { duration, size } from './units.ts';
 
 export const TLS_CLIENT_MODES = ['disable', 'allow', 'require', 'verify-ca', 'verify-full'] as const;
 export const TLS_SERVER_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
+export const POOL_MODES = ['session', 'transaction', 'statement'] as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export type SettingKind = 'string' | 'path' | 'int' | 'bool' | 'enum' | 'duration' | 'size';
@@ -191,6 +192,15 @@ export const SETTINGS: readonly Setting[] = [
     'Name sent as SNI and checked by `verify-full`. Default: `host`.',
   ),
 
+  row('databases.*.pool_mode', 'enum', z.enum(POOL_MODES), undefined, true, 'Pool mode for this database (overrides `pool.pool_mode`).'),
+  row(
+    'databases.*.pool_size',
+    'int',
+    z.number().int().min(1),
+    undefined,
+    true,
+    'Server connections per (database, server user) pool (overrides `pool.default_pool_size`).',
+  ),
   row(
     'databases.*.server_user',
     'string',
@@ -202,6 +212,14 @@ export const SETTINGS: readonly Setting[] = [
   secret('databases.*.server_password', "Password for `server_user` (or for the client's own user when `server_user` is unset)."),
 
   row(
+    'users.*.pool_mode',
+    'enum',
+    z.enum(POOL_MODES),
+    undefined,
+    true,
+    'Pool mode for this client user (overrides the database and `pool.pool_mode`).',
+  ),
+  row(
     'users.*.server_user',
     'string',
     z.string().min(1),
@@ -210,6 +228,93 @@ export const SETTINGS: readonly Setting[] = [
     'User mapping: a client logged in as this user reaches the server as `server_user`.',
   ),
   secret('users.*.server_password', 'Password Postern uses for `users.*.server_user`.'),
+
+  row(
+    'pool.pool_mode',
+    'enum',
+    z.enum(POOL_MODES),
+    'session',
+    true,
+    '`session`: a client keeps one server connection for its whole session. `transaction`: a server connection is lent per transaction and returned at ReadyForQuery (idle). `statement`: per statement; multi-statement transactions are refused. Pooling applies to clients Postern authenticates (hba methods other than `passthrough`).',
+  ),
+  row('pool.default_pool_size', 'int', z.number().int().min(1), 20, true, 'Server connections per (database, server user) pool.'),
+  row(
+    'pool.min_pool_size',
+    'int',
+    z.number().int().min(0),
+    0,
+    true,
+    'Keep at least this many server connections open per pool (once Postern holds credentials for it).',
+  ),
+  row(
+    'pool.reserve_pool_size',
+    'int',
+    z.number().int().min(0),
+    0,
+    true,
+    'Extra connections a pool may open when a client has waited `reserve_pool_timeout`.',
+  ),
+  row('pool.reserve_pool_timeout', 'duration', duration, '5s', true, 'Wait after which the reserve pool may be used.'),
+  row(
+    'pool.max_client_conn',
+    'int',
+    z.number().int().min(1),
+    10000,
+    true,
+    'Most client connections Postern accepts; beyond, new clients get FATAL 53300.',
+  ),
+  row(
+    'pool.max_db_connections',
+    'int',
+    z.number().int().min(0),
+    0,
+    true,
+    'Most server connections per database, all pools together (0: no limit).',
+  ),
+  row(
+    'pool.max_user_connections',
+    'int',
+    z.number().int().min(0),
+    0,
+    true,
+    'Most server connections per server user, all pools together (0: no limit).',
+  ),
+  row('pool.server_lifetime', 'duration', duration, '3600s', true, 'An idle server connection older than this is closed.'),
+  row('pool.server_idle_timeout', 'duration', duration, '600s', true, 'A server connection idle this long is closed.'),
+  row(
+    'pool.query_wait_timeout',
+    'duration',
+    duration,
+    '120s',
+    true,
+    'A client waiting this long for a server connection gets an error and is disconnected (0: wait forever).',
+  ),
+  row('pool.client_idle_timeout', 'duration', duration, '0s', true, 'Disconnect clients idle (no transaction) this long (0: never).'),
+  row(
+    'pool.idle_transaction_timeout',
+    'duration',
+    duration,
+    '0s',
+    true,
+    'Disconnect clients that stay idle inside a transaction this long (0: never).',
+  ),
+  row(
+    'pool.server_reset_query',
+    'string',
+    z.string(),
+    'DISCARD ALL',
+    true,
+    'Run when a session-mode client returns its server connection (empty: none).',
+  ),
+  row(
+    'pool.server_check_query',
+    'string',
+    z.string(),
+    'select 1',
+    true,
+    'Run on a server connection idle longer than `server_check_delay` before it is lent again (empty: no check).',
+  ),
+  row('pool.server_check_delay', 'duration', duration, '30s', true, 'Idle time after which a server connection is checked before use.'),
 
   row(
     'limits.max_message_size',
@@ -285,9 +390,32 @@ export const configSchema: z.ZodType = toZod(buildTree());
 export type TlsClientMode = (typeof TLS_CLIENT_MODES)[number];
 export type TlsServerMode = (typeof TLS_SERVER_MODES)[number];
 
+export type PoolMode = (typeof POOL_MODES)[number];
+
+export interface PoolConfig {
+  pool_mode: PoolMode;
+  default_pool_size: number;
+  min_pool_size: number;
+  reserve_pool_size: number;
+  reserve_pool_timeout: number;
+  max_client_conn: number;
+  max_db_connections: number;
+  max_user_connections: number;
+  server_lifetime: number;
+  server_idle_timeout: number;
+  query_wait_timeout: number;
+  client_idle_timeout: number;
+  idle_transaction_timeout: number;
+  server_reset_query: string;
+  server_check_query: string;
+  server_check_delay: number;
+}
+
 export interface DatabaseConfig {
   host: string;
   port: number;
+  pool_mode?: PoolMode;
+  pool_size?: number;
   dbname?: string;
   server_user?: string;
   server_password?: string;
@@ -306,7 +434,8 @@ export interface Config {
     ciphers?: string;
   };
   databases: Record<string, DatabaseConfig>;
-  users: Record<string, { server_user?: string; server_password?: string }>;
+  users: Record<string, { server_user?: string; server_password?: string; pool_mode?: PoolMode }>;
+  pool: PoolConfig;
   auth: {
     hba_file?: string;
     ident_file?: string;

@@ -9,6 +9,7 @@ import { tlsServerEndPoint } from '../auth/scram.ts';
 import type { StoredSecret } from '../auth/secrets.ts';
 import type { AuthState } from '../auth/store.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
+import { PoolRegistry } from '../backend/pool.ts';
 import type { ServerTarget } from '../backend/server-conn.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
@@ -43,12 +44,18 @@ export class Context {
   /** Login counters by method and outcome ("scram-sha-256/ok"), failures by reason; read by metrics/admin. */
   readonly logins = new Map<string, number>();
   readonly loginFailures = new Map<string, number>();
+  readonly pools: PoolRegistry;
 
   constructor(config: Config, log: Logger, clientTls: tls.Server | null, auth: AuthState) {
     this.config = config;
     this.log = log;
     this.clientTls = clientTls;
     this.auth = auth;
+    this.pools = new PoolRegistry(
+      log,
+      () => this.config.pool,
+      () => this.config.limits.max_message_size,
+    );
     const a = config.auth;
     this.throttle = new LoginThrottle({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
     for (const [name, db] of Object.entries(config.databases)) this.#serverTls.set(name, serverTlsOptions(db));

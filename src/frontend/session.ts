@@ -17,7 +17,9 @@ import { type HbaMatchInput, type HbaRule, matchHba, noMatchMessage, rejectMessa
 import { certAllows } from '../auth/ident.ts';
 import { classifySecret, type StoredSecret } from '../auth/secrets.ts';
 import { connectServer, ServerConnectError } from '../backend/connect.ts';
-import { ServerConn, type ServerLink, ServerLoginError, type ServerSecret } from '../backend/server-conn.ts';
+import type { Pool, PoolWaiter } from '../backend/pool.ts';
+import { ServerConn, type ServerLink, type ServerSecret } from '../backend/server-conn.ts';
+import type { PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import {
   AUTH_OK,
@@ -25,6 +27,7 @@ import {
   decodeBackendKeyData,
   decodeNegotiateProtocolVersion,
   decodeNotice,
+  decodeParameterStatus,
   decodeSaslMechanisms,
   type ErrorSpec,
   encodeAuthSasl,
@@ -36,6 +39,7 @@ import {
 } from '../protocol/backend.ts';
 import { AUTH, BE, FE, LATEST_MINOR, VALID_FRONTEND } from '../protocol/codes.ts';
 import { BAD_LENGTH, type FrameSink, MessageStream, NEED_MORE, startupFrame } from '../protocol/framer.ts';
+import { encodeQuery } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { decodeStartup, encodeCancel, encodeStartup, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
@@ -80,6 +84,35 @@ const CLIENT_INSPECT_RELAY = table([FE.Terminate, FE.Password]);
 /** While Postern authenticates: every client message (only 'p' and 'X' are legal). */
 const CLIENT_INSPECT_ALL = VALID_FRONTEND;
 const GS2_CLIENT_SUPPORTS_CB = 0x79; // 'y'
+/** Pooled sessions: errors, ReadyForQuery (release point) and ParameterStatus (session state to carry across servers). */
+const SERVER_INSPECT_POOLED = table([BE.ErrorResponse, BE.ReadyForQuery, BE.ParameterStatus]);
+/** While Postern's own injected statements run: everything, to swallow their responses. */
+const SERVER_INSPECT_ALL = table(Array.from({ length: 256 }, (_, i) => i));
+/** Client frames that each earn exactly one ReadyForQuery: counted, not inspected. */
+const CLIENT_COUNT = table([FE.Query, FE.Sync, FE.FunctionCall]);
+/** Startup parameters that are not settings to carry to pooled servers. */
+const NOT_SETTINGS: ReadonlySet<string> = new Set(['user', 'database', 'replication', 'options']);
+const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
+
+/** `-c name=value` / `--name=value` pairs of a startup `options` string. */
+function parseOptions(options: string): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  const words = options.match(/(?:\\.|\S)+/g) ?? [];
+  for (let i = 0; i < words.length; i++) {
+    let w = (words[i] as string).replace(/\\(.)/g, '$1');
+    if (w === '-c') w = (words[++i] ?? '').replace(/\\(.)/g, '$1');
+    else if (w.startsWith('-c')) w = w.slice(2);
+    else if (w.startsWith('--')) w = w.slice(2);
+    else continue;
+    const eq = w.indexOf('=');
+    if (eq > 0) out.push([w.slice(0, eq).replace(/-/g, '_'), w.slice(eq + 1)]);
+  }
+  return out;
+}
+
+function quoteLiteral(v: string): string {
+  return `'${v.replace(/'/g, "''")}'`;
+}
 const PASSWORD_METHODS: ReadonlySet<string> = new Set(['scram-sha-256', 'scram-sha-256-plus', 'md5', 'password']);
 
 /** The GS2 channel-binding flag byte of a SASLInitialResponse frame, or -1. */
@@ -93,7 +126,7 @@ function saslGs2Flag(buf: Buffer, start: number, end: number): number {
 /** Sessions waiting for their TLS handshake, found again from the raw socket. */
 export const upgrading = new WeakMap<net.Socket, ClientSession>();
 
-export class ClientSession implements SessionHandle {
+export class ClientSession implements SessionHandle, PoolWaiter {
   readonly id: number;
   readonly log: Logger;
   cancelKey: Buffer = Buffer.alloc(0);
@@ -124,6 +157,22 @@ export class ClientSession implements SessionHandle {
   /** How the client was authenticated: an hba method name, for logs and counters. */
   authMethod = '';
   #closing = false;
+  /** Pooling: the pool this client draws from (null: dedicated/relayed server). */
+  #pool: Pool | null = null;
+  #poolMode: PoolMode = 'session';
+  /** What the client is waiting for a server for. */
+  #waitingFor: 'login' | 'txn' | null = null;
+  /** Chunks received while no server was linked (transaction mode): at most what arrived before the pause. */
+  #held: Buffer[] = [];
+  /** Settings the client's session should have on whichever server it lands on. */
+  #desired = new Map<string, string>();
+  /** Responses of Postern's injected statements still to swallow (ReadyForQuery count). */
+  #swallow = 0;
+  /** Release the server once the swallowed statements are done (statement-mode rollback). */
+  #releaseAfterSwallow = false;
+  /** ReadyForQuery messages forwarded to the client (matches the client stream's counted frames). */
+  #zSeen = 0;
+  #overLimit: boolean;
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt = Date.now();
@@ -140,6 +189,7 @@ export class ClientSession implements SessionHandle {
     socket.on('close', this.#onClientClose);
     this.#loginTimer = setTimeout(this.#onLoginTimeout, ctx.config.limits.client_login_timeout);
     this.#loginTimer.unref();
+    this.#overLimit = ctx.sessions.size >= ctx.config.pool.max_client_conn;
     ctx.track(this);
     this.log.debug({ addr: socket.remoteAddress, port: socket.remotePort }, 'client connected');
   }
@@ -313,6 +363,14 @@ export class ClientSession implements SessionHandle {
     this.#user = user;
     this.#database = database;
     this.#params = params;
+    if (this.#overLimit) {
+      this.#fatal(
+        SQLSTATE.TooManyConnections,
+        'sorry, too many clients already',
+        `Postern accepts at most ${cfg.pool.max_client_conn} client connections (pool.max_client_conn).`,
+      );
+      return;
+    }
     const addr = this.#raw.remoteAddress ?? 'unknown';
     const mode = cfg.tls.mode;
     if ((mode === 'require' || mode === 'verify-ca' || mode === 'verify-full') && this.#tls === null) {
@@ -488,14 +546,23 @@ export class ClientSession implements SessionHandle {
     const conn = new ServerConn(target, a.query_user, this.log);
     try {
       const secret: ServerSecret = a.query_password !== undefined ? { password: a.query_password } : {};
-      await conn.login(secret, [['application_name', 'postern auth_query']], this.#ctx.config.limits.max_message_size);
+      // DateStyle ISO: valid_until must parse whatever the role's or database's DateStyle is.
+      await conn.login(
+        secret,
+        [
+          ['application_name', 'postern auth_query'],
+          ['DateStyle', 'ISO'],
+        ],
+        this.#ctx.config.limits.max_message_size,
+      );
       const rows = await conn.query(a.query, [this.#user]);
       const row = rows[0];
       let found: StoredSecret | null = null;
       if (row !== undefined && typeof row[1] === 'string') {
         const validUntil = row[2] ?? null;
         // rolvaliduntil in the past: the password has expired; Postgres refuses the login.
-        const expired = validUntil !== null && validUntil !== 'infinity' && Date.parse(validUntil) < Date.now();
+        // Fails closed: '-infinity' and anything unparsable count as expired.
+        const expired = validUntil !== null && validUntil !== 'infinity' && !(Date.parse(validUntil) >= Date.now());
         found = expired ? null : classifySecret(row[1]);
       }
       this.#ctx.lookupCache.set(key, { secret: found, expires: Date.now() + a.cache_ttl });
@@ -585,46 +652,100 @@ export class ClientSession implements SessionHandle {
       const stored = this.#ctx.auth.users.get(this.#user);
       if (stored?.kind === 'md5') secret.md5 = stored.hash;
     }
-    const params: [string, string][] = [];
-    for (const [k, v] of this.#params) if (k !== 'user' && k !== 'database' && !k.startsWith('_pq_.')) params.push([k, v]);
+    for (const [k, v] of this.#params) {
+      if (NOT_SETTINGS.has(k) || k.startsWith('_pq_.') || !GUC_NAME.test(k)) continue;
+      this.#desired.set(k, v);
+    }
+    for (const [k, v] of parseOptions(this.#params.get('options') ?? '')) if (GUC_NAME.test(k)) this.#desired.set(k, v);
+    const mode = mapping?.pool_mode ?? db.pool_mode ?? cfg.pool.pool_mode;
+    const pool = this.#ctx.pools.get(target, serverUser, mode, db.pool_size ?? cfg.pool.default_pool_size);
+    // The newest credentials open the pool's next connections.
+    if (secret.password !== undefined || secret.scramKeys !== undefined || secret.md5 !== undefined) pool.secret = secret;
+    this.#pool = pool;
+    this.#poolMode = mode;
     this.#setState(STATE.Connecting);
-    const server = new ServerConn(target, serverUser, this.log);
-    this.#server = server;
-    try {
-      await server.login(secret, params, cfg.limits.max_message_size);
-    } catch (e) {
-      this.#server = null;
-      server.destroy();
-      this.#onServerLoginFailed(e as Error);
+    if (mode !== 'session' && pool.welcome !== null) {
+      // Transaction/statement mode: no server needed until the first query.
+      this.#greet(pool.welcome);
       return;
     }
-    if (this.#isClosed()) {
-      server.close();
-      this.#server = null;
+    this.#waitingFor = 'login';
+    const conn = pool.acquire(this);
+    if (conn !== null) this.onServer(conn);
+  }
+
+  /** PoolWaiter: a server connection is lent to this client. */
+  onServer(conn: ServerConn): void {
+    const why = this.#waitingFor;
+    this.#waitingFor = null;
+    if (this.#isClosed() || this.#pool === null) {
+      this.#pool?.release(conn, true);
       return;
     }
-    server.attach(this.#serverLink, SERVER_INSPECT_ACTIVE);
-    server.state = 'active';
+    this.#server = conn;
+    conn.attach(this.#serverLink, SERVER_INSPECT_POOLED);
+    if (why === 'login') {
+      const welcome = this.#pool.welcome ?? conn.params;
+      if (this.#poolMode === 'session') this.#applySettings(conn);
+      this.#greet(welcome);
+      if (this.#poolMode !== 'session') this.#releaseServer(true);
+      return;
+    }
+    // Transaction mode: carry the session's settings over, then what the client sent.
+    this.#applySettings(conn);
+    const held = this.#held;
+    this.#held = [];
+    for (const chunk of held) this.#clientStream?.push(chunk);
+    this.#client.resume();
+  }
+
+  /** PoolWaiter: no server will come. */
+  onPoolError(code: string, message: string, detail?: string): void {
+    this.#waitingFor = null;
+    this.log.info({ code, message }, 'no server connection for the client');
+    this.#fatal(code, message, detail);
+  }
+
+  /** AuthenticationOk, ParameterStatus (the client's own values where it asked for them), BackendKeyData, ReadyForQuery. */
+  #greet(serverParams: ReadonlyMap<string, string>): void {
     const mine = this.#ctx.issueCancelKey(this.#negotiatedMinor >= 2 ? 32 : 4);
     this.#pid = mine.pid;
     this.cancelKey = mine.key;
     this.#ctx.register(mine.pid, this);
     const greet: Buffer[] = [AUTH_OK];
-    for (const [k, v] of server.params) greet.push(encodeParameterStatus(k, v));
-    greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(server.txStatus));
+    for (const [k, v] of serverParams) greet.push(encodeParameterStatus(k, this.#desired.get(k) ?? v));
+    greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(0x49));
     this.#client.write(Buffer.concat(greet));
     this.#becomeActive();
+    this.#clientStream?.setCount(this.#poolMode === 'session' ? null : CLIENT_COUNT);
   }
 
-  #onServerLoginFailed(err: Error): void {
-    if (err instanceof ServerLoginError && err.fields !== null) {
-      // The server's own refusal (e.g. 28P01, 3D000, 53300), passed on as it said it.
-      this.log.warn({ database: this.#database, code: err.code, detail: err.message }, 'server login failed');
-      if (this.#state === STATE.Closed) return;
-      this.#fatal(err.code, err.fields.message ?? err.message, err.fields.detail);
-      return;
+  /**
+   * Sends SET for every setting of this client that the server connection
+   * does not have yet; their responses are swallowed. Each SET is its own
+   * Query, so one refused value cannot void the others.
+   */
+  #applySettings(conn: ServerConn): void {
+    const sql: string[] = [];
+    for (const [k, v] of this.#desired) {
+      const current = conn.params.get(k) ?? conn.applied.get(k);
+      if (current === v) continue;
+      sql.push(`SET ${k} = ${quoteLiteral(v)}`);
+      conn.applied.set(k, v);
     }
-    this.#onServerConnectFailed(err);
+    if (sql.length === 0) return;
+    this.#swallow += sql.length;
+    conn.attach(this.#serverLink, SERVER_INSPECT_ALL);
+    conn.write(Buffer.concat(sql.map((q) => encodeQuery(q))));
+  }
+
+  /** Gives the linked server back to its pool. */
+  #releaseServer(reusable: boolean): void {
+    const conn = this.#server;
+    const pool = this.#pool;
+    if (conn === null || pool === null) return;
+    this.#server = null;
+    pool.release(conn, reusable && conn.cancelsInFlight === 0 && this.#swallow === 0);
   }
 
   #becomeActive(): void {
@@ -687,6 +808,22 @@ export class ClientSession implements SessionHandle {
 
   #onClientData = (chunk: Buffer): void => {
     this.bytesIn += chunk.length;
+    if (this.#server === null && this.#pool !== null && this.#state === STATE.Active) {
+      // Transaction mode between transactions: a Terminate alone needs no server.
+      if (this.#held.length === 0 && chunk.length === 5 && chunk[0] === FE.Terminate) {
+        this.#close();
+        return;
+      }
+      // Hold what arrived and stop reading until a server is lent.
+      this.#held.push(chunk);
+      this.#client.pause();
+      if (this.#waitingFor === null) {
+        this.#waitingFor = 'txn';
+        const conn = this.#pool.acquire(this);
+        if (conn !== null) this.onServer(conn);
+      }
+      return;
+    }
     this.#clientStream?.push(chunk);
   };
 
@@ -771,11 +908,30 @@ export class ClientSession implements SessionHandle {
   };
 
   #onServerMessage(type: number, buf: Buffer, start: number, end: number): void {
-    if (this.#state === STATE.Active) {
-      // Only ErrorResponse is inspected now.
-      const e = decodeNotice(buf, start, end);
-      if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
-        this.#serverSaidFatal = true;
+    if (this.#state === STATE.Active || (this.#pool !== null && this.#swallow > 0)) {
+      if (this.#swallow > 0) {
+        this.#onSwallowed(type, buf, start, end);
+        return;
+      }
+      if (type === BE.ErrorResponse) {
+        const e = decodeNotice(buf, start, end);
+        if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
+          this.#serverSaidFatal = true;
+        this.#toClient(buf, start, end);
+        return;
+      }
+      if (type === BE.ParameterStatus) {
+        // The client changed a reported setting (SET TIME ZONE ...): it follows the client to the next server.
+        const [k, v] = decodeParameterStatus(buf, start, end);
+        this.#desired.set(k, v);
+        this.#server?.applied.delete(k);
+        this.#toClient(buf, start, end);
+        return;
+      }
+      if (type === BE.ReadyForQuery) {
+        this.#onReadyForQuery(buf, start, end);
+        return;
+      }
       this.#toClient(buf, start, end);
       return;
     }
@@ -843,6 +999,60 @@ export class ClientSession implements SessionHandle {
     }
   }
 
+  /** A response to one of Postern's own statements: never shown to the client. */
+  #onSwallowed(type: number, buf: Buffer, start: number, end: number): void {
+    if (type === BE.ParameterStatus) {
+      const [k, v] = decodeParameterStatus(buf, start, end);
+      // The server's spelling of the value (e.g. "ISO, MDY") is what the client now has.
+      if (this.#desired.has(k)) this.#desired.set(k, v);
+      return;
+    }
+    if (type === BE.ErrorResponse) {
+      const e = decodeNotice(buf, start, end);
+      this.log.warn({ code: e.code ?? null, detail: e.message ?? null }, 'a setting could not be applied on the server connection');
+      return;
+    }
+    if (type !== BE.ReadyForQuery) return;
+    this.#swallow--;
+    if (this.#swallow > 0) return;
+    this.#server?.attach(this.#serverLink, SERVER_INSPECT_POOLED);
+    if (this.#releaseAfterSwallow) {
+      this.#releaseAfterSwallow = false;
+      this.#releaseServer(true);
+    }
+  }
+
+  /** ReadyForQuery in a pooled session: forward it, and in transaction/statement mode give the server back when idle. */
+  #onReadyForQuery(buf: Buffer, start: number, end: number): void {
+    const status = buf[start + 5] as number;
+    const stream = this.#clientStream;
+    if (this.#poolMode === 'statement' && status !== 0x49 /* I */ && this.#server !== null) {
+      // A transaction block began: refused in statement mode. Roll it back
+      // quietly and answer the client with an error in its place.
+      this.#zSeen++;
+      this.#swallow++;
+      this.#releaseAfterSwallow = true;
+      this.#server.attach(this.#serverLink, SERVER_INSPECT_ALL);
+      this.#server.write(encodeQuery('ROLLBACK'));
+      this.#client.write(
+        Buffer.concat([
+          encodeError({
+            severity: 'ERROR',
+            code: SQLSTATE.FeatureNotSupported,
+            message: 'transaction blocks are not allowed in statement pooling mode',
+            hint: 'Use pool_mode transaction (or session) for this database or user.',
+          }),
+          encodeReadyForQuery(0x49),
+        ]),
+      );
+      return;
+    }
+    this.#toClient(buf, start, end);
+    this.#zSeen++;
+    if (this.#poolMode === 'session' || stream === null) return;
+    if (status === 0x49 && stream.counted === this.#zSeen && stream.atBoundary) this.#releaseServer(true);
+  }
+
   #clientViolation(kind: ViolationKind, detail: string): void {
     this.log.info({ kind, detail }, 'protocol violation by client');
     this.#fatal(
@@ -866,13 +1076,21 @@ export class ClientSession implements SessionHandle {
     const key = server?.key ?? null;
     if (server === null || key === null || this.#state === STATE.Closed) return;
     const t = server.target;
+    // Until the cancel is delivered this server must not serve anyone else.
+    server.cancelsInFlight++;
     connectServer(t.host, t.port, t.tls, t.connectTimeout).then(
       (c) => {
         c.socket.on('error', () => {});
+        c.socket.on('close', () => {
+          server.cancelsInFlight--;
+        });
         c.socket.end(encodeCancel(key.pid, key.key));
         c.socket.resume();
       },
-      (err: Error) => this.log.warn({ err: err.message }, 'cancel could not reach the server'),
+      (err: Error) => {
+        server.cancelsInFlight--;
+        this.log.warn({ err: err.message }, 'cancel could not reach the server');
+      },
     );
   }
 
@@ -952,9 +1170,16 @@ export class ClientSession implements SessionHandle {
     const clientAtBoundary = this.#clientStream === null || this.#clientStream.atBoundary;
     this.#clientStream?.kill();
     const server = this.#server;
-    this.#server = null;
-    // Terminate only between client messages: never inside one we were forwarding.
-    if (server !== null) server.close(clientAtBoundary);
+    if (this.#pool !== null) {
+      if (this.#waitingFor !== null) this.#pool.removeWaiter(this);
+      // A clean hand-back only when nothing is in flight either way; otherwise the server is closed.
+      const pending = this.#clientStream !== null && this.#clientStream.counted !== this.#zSeen;
+      if (server !== null) this.#releaseServer(clientAtBoundary && !pending && server.atBoundary && server.txStatus === 0x49);
+    } else if (server !== null) {
+      this.#server = null;
+      // Terminate only between client messages: never inside one we were forwarding.
+      server.close(clientAtBoundary);
+    }
     const client = this.#client;
     if (!client.destroyed) {
       client.end();

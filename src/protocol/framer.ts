@@ -61,6 +61,10 @@ export class MessageStream {
   #msg: Buffer | null = null;
   #msgLen = 0;
   #dead = false;
+  /** Types to count without inspecting (the frame stays in its run). */
+  #count: Uint8Array | null = null;
+  /** Frames of counted types whose header has been seen. */
+  counted = 0;
 
   /**
    * @param valid 256-entry table: 1 for legal type bytes
@@ -72,6 +76,11 @@ export class MessageStream {
     this.#valid = valid;
     this.#inspect = inspect;
     this.#max = maxMessage;
+  }
+
+  /** Count frames of the types marked in `table` (null: stop counting) into `counted`, at their header. */
+  setCount(table: Uint8Array | null): void {
+    this.#count = table;
   }
 
   /** Swap the inspect table (e.g. when a session leaves the startup phase). */
@@ -113,6 +122,7 @@ export class MessageStream {
       const type = this.#hdr[0] as number;
       const total = this.#check(type, this.#hdr.readInt32BE(1));
       if (total < 0) return;
+      if (this.#count !== null && this.#count[type] === 1) this.counted++;
       if (this.#inspect[type] === 1) {
         this.#msg = Buffer.allocUnsafe(total);
         this.#hdr.copy(this.#msg, 0);
@@ -161,6 +171,7 @@ export class MessageStream {
         return;
       }
       const total = len + 1;
+      if (this.#count !== null && this.#count[type] === 1) this.counted++;
       // Read the table per frame, not once per chunk: a sink may call setInspect
       // from onMessage, and the change must apply to the very next frame.
       if (this.#inspect[type] === 1) {

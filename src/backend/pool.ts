@@ -1,0 +1,295 @@
+// Server connection pools, one per (database, server user). A pool owns its
+// server connections in explicit lists (idle, active, opening) and a FIFO of
+// waiting clients; it opens connections with the latest credentials it was
+// given, lends them to clients, takes them back, resets them (session mode),
+// and closes them when a limit, a lifetime or an error says so.
+// Names follow PgBouncer's vocabulary: sv_idle, sv_active, sv_used, sv_login,
+// cl_waiting.
+
+import type { PoolConfig, PoolMode } from '../config/schema.ts';
+import type { Logger } from '../observability/log.ts';
+import { ServerConn, ServerLoginError, type ServerSecret, type ServerTarget, SV } from './server-conn.ts';
+
+export interface PoolWaiter {
+  readonly id: number;
+  /** A server connection is lent to this client. */
+  onServer(conn: ServerConn): void;
+  /** No server connection will come (timeout, login failure): the client must be told and closed. */
+  onPoolError(code: string, message: string, detail?: string): void;
+}
+
+export interface PoolCounts {
+  cl_waiting: number;
+  sv_active: number;
+  sv_idle: number;
+  sv_used: number;
+  sv_login: number;
+  maxwait_ms: number;
+}
+
+/** What pools share: settings, totals for the global limits, and the logger. */
+export interface PoolHost {
+  readonly log: Logger;
+  poolConfig(): PoolConfig;
+  maxMessage(): number;
+  /** Open connections of a database or server user, over all pools. */
+  totals(): { byDatabase: Map<string, number>; byUser: Map<string, number> };
+}
+
+export class Pool {
+  readonly key: string;
+  readonly target: ServerTarget;
+  readonly user: string;
+  mode: PoolMode;
+  size: number;
+  /** Latest credentials from a client login or the config; used to open new connections. */
+  secret: ServerSecret = {};
+  /** ParameterStatus of the first login: what clients are greeted with. */
+  welcome: Map<string, string> | null = null;
+  #host: PoolHost;
+  #idle: ServerConn[] = [];
+  #active = new Set<ServerConn>();
+  #used = new Set<ServerConn>();
+  #opening = 0;
+  #waiting: Array<{ w: PoolWaiter; since: number }> = [];
+  /** Totals for SHOW STATS-style reporting. */
+  servedTotal = 0;
+  waitTotalMs = 0;
+
+  constructor(host: PoolHost, target: ServerTarget, user: string, mode: PoolMode, size: number) {
+    this.#host = host;
+    this.target = target;
+    this.user = user;
+    this.key = `${target.name}/${user}`;
+    this.mode = mode;
+    this.size = size;
+  }
+
+  /** Open connections (any state but closed). */
+  get total(): number {
+    return this.#idle.length + this.#active.size + this.#used.size + this.#opening;
+  }
+
+  counts(now = Date.now()): PoolCounts {
+    const first = this.#waiting[0];
+    return {
+      cl_waiting: this.#waiting.length,
+      sv_active: this.#active.size,
+      sv_idle: this.#idle.length,
+      sv_used: this.#used.size,
+      sv_login: this.#opening,
+      maxwait_ms: first ? now - first.since : 0,
+    };
+  }
+
+  /** A connection now, or null: the waiter is queued and called back later. */
+  acquire(w: PoolWaiter): ServerConn | null {
+    while (this.#idle.length > 0) {
+      const conn = this.#idle.pop() as ServerConn;
+      if (conn.closed) continue;
+      this.#lend(conn);
+      this.servedTotal++;
+      return conn;
+    }
+    this.#waiting.push({ w, since: Date.now() });
+    this.#grow();
+    return null;
+  }
+
+  /** A waiter gave up (disconnected). */
+  removeWaiter(w: PoolWaiter): void {
+    const i = this.#waiting.findIndex((x) => x.w === w);
+    if (i >= 0) this.#waiting.splice(i, 1);
+  }
+
+  /**
+   * A client gives its connection back. `reusable` false (mid-transaction,
+   * mid-message, cancel in flight, error) closes it instead.
+   */
+  release(conn: ServerConn, reusable: boolean): void {
+    this.#active.delete(conn);
+    conn.detach();
+    const cfg = this.#host.poolConfig();
+    if (!reusable || conn.closed || conn.txStatus !== 0x49 /* I */ || Date.now() - conn.createdAt > cfg.server_lifetime) {
+      conn.close(reusable);
+      this.#grow();
+      return;
+    }
+    if (this.mode === 'session' && cfg.server_reset_query !== '') {
+      this.#used.add(conn);
+      conn.state = SV.Used;
+      conn.query(cfg.server_reset_query, []).then(
+        () => {
+          this.#used.delete(conn);
+          conn.resetApplied();
+          this.#handOut(conn);
+        },
+        (e: Error) => {
+          this.#used.delete(conn);
+          this.#host.log.warn({ server: conn.id, err: e.message }, 'server reset query failed; closing the connection');
+          conn.close();
+          this.#grow();
+        },
+      );
+      return;
+    }
+    this.#handOut(conn);
+  }
+
+  #lend(conn: ServerConn): void {
+    conn.state = SV.Active;
+    conn.lastUsedAt = Date.now();
+    this.#active.add(conn);
+  }
+
+  #handOut(conn: ServerConn): void {
+    if (conn.closed) {
+      this.#grow();
+      return;
+    }
+    const next = this.#waiting.shift();
+    if (next !== undefined) {
+      this.waitTotalMs += Date.now() - next.since;
+      this.#lend(conn);
+      this.servedTotal++;
+      next.w.onServer(conn);
+      return;
+    }
+    conn.state = SV.Idle;
+    conn.lastUsedAt = Date.now();
+    this.#idle.push(conn);
+  }
+
+  /** Opens connections while clients wait and the limits allow. */
+  #grow(): void {
+    const cfg = this.#host.poolConfig();
+    while (this.#waiting.length > this.#opening && this.total < this.size && this.#globalRoom(cfg)) this.#open();
+  }
+
+  #globalRoom(cfg: PoolConfig): boolean {
+    if (cfg.max_db_connections === 0 && cfg.max_user_connections === 0) return true;
+    const t = this.#host.totals();
+    if (cfg.max_db_connections > 0 && (t.byDatabase.get(this.target.name) ?? 0) >= cfg.max_db_connections) return false;
+    if (cfg.max_user_connections > 0 && (t.byUser.get(this.user) ?? 0) >= cfg.max_user_connections) return false;
+    return true;
+  }
+
+  #open(): void {
+    this.#opening++;
+    const conn = new ServerConn(this.target, this.user, this.#host.log);
+    conn.pool = this;
+    conn.login(this.secret, [['application_name', 'postern']], this.#host.maxMessage()).then(
+      () => {
+        this.#opening--;
+        if (this.welcome === null) this.welcome = new Map(conn.params);
+        this.#handOut(conn);
+      },
+      (e: Error) => {
+        this.#opening--;
+        conn.destroy();
+        this.#host.log.warn({ pool: this.key, err: e.message }, 'server login failed');
+        // Every client waiting now would meet the same refusal.
+        const waiting = this.#waiting.splice(0);
+        const code = e instanceof ServerLoginError ? e.code : '08006';
+        const message =
+          e instanceof ServerLoginError && e.fields?.message
+            ? e.fields.message
+            : `could not connect to the server for database "${this.target.name}"`;
+        for (const { w } of waiting) w.onPoolError(code, message);
+      },
+    );
+  }
+
+  /** One janitor tick: wait timeouts, idle timeouts, lifetimes, min_pool_size. */
+  tick(now: number): void {
+    const cfg = this.#host.poolConfig();
+    if (cfg.query_wait_timeout > 0) {
+      while (this.#waiting.length > 0 && now - (this.#waiting[0] as { since: number }).since >= cfg.query_wait_timeout) {
+        const { w } = this.#waiting.shift() as { w: PoolWaiter };
+        w.onPoolError('08P01', 'query_wait_timeout', 'No server connection became free in time (pool.query_wait_timeout).');
+      }
+    }
+    const keep: ServerConn[] = [];
+    for (const conn of this.#idle) {
+      if (conn.closed) continue;
+      const idleFor = now - conn.lastUsedAt;
+      const tooOld = now - conn.createdAt > cfg.server_lifetime;
+      const extra = keep.length >= cfg.min_pool_size;
+      if ((idleFor > cfg.server_idle_timeout || tooOld) && extra) conn.close();
+      else keep.push(conn);
+    }
+    this.#idle = keep;
+    const haveSecret = this.secret.password !== undefined || this.secret.scramKeys !== undefined || this.secret.md5 !== undefined;
+    if (haveSecret) {
+      // min_pool_size: open spares without a waiter.
+      while (this.total < Math.min(cfg.min_pool_size, this.size) && this.#globalRoom(cfg)) this.#open();
+    }
+  }
+
+  /** Every connection of this pool, for totals and admin output. */
+  connections(): ServerConn[] {
+    return [...this.#idle, ...this.#active, ...this.#used];
+  }
+
+  closeAll(): void {
+    for (const c of this.connections()) c.close();
+    this.#idle = [];
+    for (const { w } of this.#waiting.splice(0)) w.onPoolError('57P01', 'terminating connection due to administrator command');
+  }
+}
+
+/** All pools of one Postern instance. */
+export class PoolRegistry implements PoolHost {
+  readonly log: Logger;
+  #pools = new Map<string, Pool>();
+  #config: () => PoolConfig;
+  #maxMessage: () => number;
+
+  constructor(log: Logger, config: () => PoolConfig, maxMessage: () => number) {
+    this.log = log;
+    this.#config = config;
+    this.#maxMessage = maxMessage;
+  }
+
+  poolConfig(): PoolConfig {
+    return this.#config();
+  }
+
+  maxMessage(): number {
+    return this.#maxMessage();
+  }
+
+  get(target: ServerTarget, user: string, mode: PoolMode, size: number): Pool {
+    const key = `${target.name}/${user}`;
+    let p = this.#pools.get(key);
+    if (p === undefined) {
+      p = new Pool(this, target, user, mode, size);
+      this.#pools.set(key, p);
+    }
+    p.mode = mode;
+    p.size = size;
+    return p;
+  }
+
+  all(): Pool[] {
+    return [...this.#pools.values()];
+  }
+
+  totals(): { byDatabase: Map<string, number>; byUser: Map<string, number> } {
+    const byDatabase = new Map<string, number>();
+    const byUser = new Map<string, number>();
+    for (const p of this.#pools.values()) {
+      byDatabase.set(p.target.name, (byDatabase.get(p.target.name) ?? 0) + p.total);
+      byUser.set(p.user, (byUser.get(p.user) ?? 0) + p.total);
+    }
+    return { byDatabase, byUser };
+  }
+
+  tick(now = Date.now()): void {
+    for (const p of this.#pools.values()) p.tick(now);
+  }
+
+  closeAll(): void {
+    for (const p of this.#pools.values()) p.closeAll();
+  }
+}
