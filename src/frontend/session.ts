@@ -717,7 +717,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(0x49));
     this.#client.write(Buffer.concat(greet));
     this.#becomeActive();
-    this.#clientStream?.setCount(this.#poolMode === 'session' ? null : CLIENT_COUNT);
+    // Counted in every pooled mode: a hand-back is clean only with nothing in flight.
+    this.#clientStream?.setCount(CLIENT_COUNT);
   }
 
   /**
@@ -850,7 +851,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     },
     onMessage: (type, buf, start, end) => {
       if (type === FE.Terminate) {
-        if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
+        // A pooled server outlives its client: the goodbye is not passed on.
+        if ((this.#state === STATE.Active || this.#state === STATE.Relaying) && this.#pool === null) this.#toServer(buf, start, end);
         this.log.debug('client terminated');
         this.#clientStream?.kill();
         this.#close();

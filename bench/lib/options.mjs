@@ -1,0 +1,84 @@
+// Command-line flags of `node bench/run.mjs` (see bench/README.md).
+
+import { parseArgs } from 'node:util';
+import { ALL_SCENARIOS, QUICK_SCENARIOS } from './scenarios.mjs';
+
+export const TARGETS = ['direct', 'postern', 'pgbouncer'];
+
+export const HELP = `Usage: node bench/run.mjs [flags]        (or: npm run bench -- [flags])
+
+  --rounds N           interleaved rounds (default 3)
+  --duration S         seconds per pgbench run (default 10)
+  --clients LIST       pgbench client counts (default 1,10,50)
+  --scenarios LIST     default: all of
+                       ${ALL_SCENARIOS.join(',')}
+  --targets LIST       direct,postern,pgbouncer (default all)
+  --quick              rounds 1, duration 3, clients 10, copy-mb 256, idle 1000 and the
+                       scenarios ${QUICK_SCENARIOS.join(',')}
+                       (flags given explicitly still win)
+  --out DIR            results directory (default bench/results)
+  --copy-mb N          size of the copy-stream COPY in MiB (default 1024)
+  --idle N             idle-clients session count (default 10000)
+  --idle-postern N     cap for Postern in idle-clients: each client holds a server
+                       connection (session mode), so N needs N server backends (default 1000)
+  --scale N            pgbench scale factor (default 10)
+  --jobs N             pgbench threads, -j (default 1; capped at the client count)
+  --pause S            pause between runs in seconds (default 1)
+  --help`;
+
+function list(v) {
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+function positiveInt(name, v) {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive integer, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+export function parseOptions(argv) {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      rounds: { type: 'string' },
+      duration: { type: 'string' },
+      clients: { type: 'string' },
+      scenarios: { type: 'string' },
+      targets: { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      out: { type: 'string' },
+      'copy-mb': { type: 'string' },
+      idle: { type: 'string' },
+      'idle-postern': { type: 'string' },
+      scale: { type: 'string' },
+      jobs: { type: 'string' },
+      pause: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) return { help: true };
+  const q = values.quick;
+  const opts = {
+    quick: q,
+    rounds: positiveInt('rounds', values.rounds ?? (q ? 1 : 3)),
+    duration: positiveInt('duration', values.duration ?? (q ? 3 : 10)),
+    clients: list(values.clients ?? (q ? '10' : '1,10,50')).map((c) => positiveInt('clients', c)),
+    scenarios: list(values.scenarios ?? (q ? QUICK_SCENARIOS : ALL_SCENARIOS).join(',')),
+    targets: list(values.targets ?? TARGETS.join(',')),
+    out: values.out ?? 'bench/results',
+    copyMb: positiveInt('copy-mb', values['copy-mb'] ?? (q ? 256 : 1024)),
+    idle: positiveInt('idle', values.idle ?? (q ? 1000 : 10000)),
+    idlePostern: positiveInt('idle-postern', values['idle-postern'] ?? 1000),
+    scale: positiveInt('scale', values.scale ?? 10),
+    jobs: positiveInt('jobs', values.jobs ?? 1),
+    pause: Number(values.pause ?? 1),
+  };
+  for (const s of opts.scenarios)
+    if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}"; known: ${ALL_SCENARIOS.join(', ')}`);
+  for (const t of opts.targets) if (!TARGETS.includes(t)) throw new Error(`unknown target "${t}"; known: ${TARGETS.join(', ')}`);
+  if (!Number.isFinite(opts.pause) || opts.pause < 0) throw new Error('--pause must be a number >= 0');
+  return opts;
+}
