@@ -212,6 +212,8 @@ async function main() {
       certs,
       mode: ctx.poolSupport.modeKey ? mode : undefined,
       support: ctx.poolSupport,
+      verifier: pg.verifier,
+      sessionPoolSize,
       txPoolSize: TX_POOL_SIZE,
       freePort,
       psqlBin: pg.psqlBin,

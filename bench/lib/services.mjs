@@ -178,13 +178,38 @@ function setPath(obj, path, value) {
  * the config table has a pool_mode key (`support.modeKey`); a `databases.*`
  * key is set per database, any other key globally.
  */
-export async function startPostern({ root, dir, port, pg, certs, mode, support, txPoolSize, freePort, psqlBin, benchEnv }) {
+export async function startPostern({
+  root,
+  dir,
+  port,
+  pg,
+  certs,
+  mode,
+  support,
+  verifier,
+  sessionPoolSize,
+  txPoolSize,
+  freePort,
+  psqlBin,
+  benchEnv,
+}) {
   const { stringify } = await import('yaml');
   const listenPort = port ?? (await freePort());
   const db = { host: pg.host, port: pg.port, dbname: BENCH_DB, tls: { mode: 'disable' } };
+  const name0 = `postern${mode ? `-${mode}` : ''}`;
+  // Like PgBouncer's auth_file: Postern authenticates clients against the
+  // server's own SCRAM verifier and logs in with SCRAM passthrough, so its
+  // pools can reuse server connections across clients.
+  const usersFile = join(dir, `${name0}-users.txt`);
+  const hbaFile = join(dir, `${name0}-hba.conf`);
+  await writeFile(usersFile, `"${BENCH_USER}" "${verifier}"\n`, { mode: 0o600 });
+  await writeFile(hbaFile, 'hostssl all all 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n');
   const config = {
     listen: { host: '127.0.0.1', port: listenPort },
     tls: { cert: certs.server.cert, key: certs.server.key, mode: 'allow' },
+    auth: { hba_file: hbaFile, users_file: usersFile },
+    // Session mode needs a server connection per client, as PgBouncer's session pool does.
+    pool: { max_client_conn: 20000, default_pool_size: sessionPoolSize ?? 100 },
     databases: { [BENCH_DB]: db },
     log: { level: 'warn' },
   };

@@ -142,7 +142,7 @@ export const SETTINGS: readonly Setting[] = [
     duration,
     '60s',
     true,
-    'How long a looked-up secret is reused. A failed login drops the cached entry, so a rotated password is picked up at once.',
+    'How long a looked-up secret is reused. A failed login drops the cached entry: after a rotation the first login with the new password may fail once, the next one fetches the new secret (`0s`: look up on every login).',
   ),
   row('auth.throttle_window', 'duration', duration, '60s', true, 'Window for counting failed logins per client address.'),
   row(
