@@ -104,7 +104,9 @@ describe('transaction mode', () => {
     const clients = Array.from({ length: 1000 }, () => client(p10.port));
     for (let i = 0; i < clients.length; i += 100) await Promise.all(clients.slice(i, i + 100).map((c) => c.connect()));
     const results = await Promise.all(clients.map((c, i) => c.query('select $1::int * 2 as v, pg_sleep(0.001)', [i])));
-    results.forEach((r, i) => assert.equal(r.rows[0].v, i * 2));
+    results.forEach((r, i) => {
+      assert.equal(r.rows[0].v, i * 2);
+    });
     assert.ok((await serverBackends()) <= 10 + 5 /* the other pool's idle connections */);
     const counts = p10.postern.ctx.pools.all()[0]?.counts();
     assert.ok(counts && counts.sv_idle + counts.sv_active <= 10, JSON.stringify(counts));
@@ -182,7 +184,9 @@ describe('transaction mode', () => {
     q.cancel();
     assert.equal((await pending)?.code, '57014');
     const done = await Promise.all(busy);
-    done.forEach((r, i) => assert.equal(r.rows[0].i, i));
+    done.forEach((r, i) => {
+      assert.equal(r.rows[0].i, i);
+    });
     const [after] = await sql`select 'ok' as s`;
     assert.equal(after?.s, 'ok');
     await sql.end();
