@@ -42,7 +42,11 @@ export class Postern {
       throw new Error(`invalid authentication files:\n${auth.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`);
     }
     this.ctx = new Context(config, log, clientTls, auth.state);
-    this.#janitor = setInterval(() => this.ctx.pools.tick(), 1000);
+    this.#janitor = setInterval(() => {
+      const now = Date.now();
+      this.ctx.pools.tick(now);
+      for (const s of this.ctx.sessions) s.tick(now);
+    }, 1000);
     this.#janitor.unref();
     if (clientTls !== null) {
       clientTls.on('secureConnection', (sock: tls.TLSSocket) => {

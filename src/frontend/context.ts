@@ -24,6 +24,8 @@ export interface SessionHandle {
   cancel(): void;
   /** Ask the session to end now (shutdown), with an optional FATAL to the client. */
   terminate(code: string, message: string): void;
+  /** Janitor tick: coarse per-session deadlines (idle timeouts). */
+  tick(now: number): void;
 }
 
 export class Context {

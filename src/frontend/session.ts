@@ -173,6 +173,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** ReadyForQuery messages forwarded to the client (matches the client stream's counted frames). */
   #zSeen = 0;
   #overLimit: boolean;
+  /** Last time the client sent anything (coarse: for idle timeouts checked by the janitor). */
+  #lastClientActivity = Date.now();
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt = Date.now();
@@ -809,6 +811,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #onClientData = (chunk: Buffer): void => {
     this.bytesIn += chunk.length;
+    this.#lastClientActivity = Date.now();
     if (this.#server === null && this.#pool !== null && this.#state === STATE.Active) {
       // Transaction mode between transactions: a Terminate alone needs no server.
       if (this.#held.length === 0 && chunk.length === 5 && chunk[0] === FE.Terminate) {
@@ -1094,6 +1097,27 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         this.log.warn({ err: err.message }, 'cancel could not reach the server');
       },
     );
+  }
+
+  /** Janitor: client_idle_timeout (no transaction open) and idle_transaction_timeout (inside one). */
+  tick(now: number): void {
+    if (this.#state !== STATE.Active || this.#pool === null) return;
+    const cfg = this.#ctx.config.pool;
+    const idle = now - this.#lastClientActivity;
+    const server = this.#server;
+    const inTransaction = server !== null && server.txStatus !== 0x49 && this.#clientStream?.counted === this.#zSeen;
+    if (inTransaction && cfg.idle_transaction_timeout > 0 && idle > cfg.idle_transaction_timeout) {
+      this.log.info({ idleMs: idle }, 'idle_transaction_timeout');
+      this.terminate(SQLSTATE.IdleInTransactionSessionTimeout, 'terminating connection due to idle-in-transaction timeout');
+    } else if (
+      !inTransaction &&
+      cfg.client_idle_timeout > 0 &&
+      idle > cfg.client_idle_timeout &&
+      this.#clientStream?.counted === this.#zSeen
+    ) {
+      this.log.info({ idleMs: idle }, 'client_idle_timeout');
+      this.terminate(SQLSTATE.IdleSessionTimeout, 'terminating connection due to idle-session timeout');
+    }
   }
 
   terminate(code: string, message: string): void {

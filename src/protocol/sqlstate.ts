@@ -18,6 +18,7 @@ export const SQLSTATE = {
   CrashShutdown: '57P02',
   CannotConnectNow: '57P03',
   IdleSessionTimeout: '57P05',
+  IdleInTransactionSessionTimeout: '25P03',
   InternalError: 'XX000',
 } as const;
 

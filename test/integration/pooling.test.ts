@@ -214,6 +214,26 @@ describe('limits', () => {
     await holder.end();
   });
 
+  test('client_idle_timeout and idle_transaction_timeout end idle clients (checked by the janitor)', async () => {
+    const p = await postern({ pool_mode: 'transaction', client_idle_timeout: '1s', idle_transaction_timeout: '1s' });
+    const idle = client(p.port);
+    const inTx = client(p.port);
+    const errors = new Map<pg.Client, { code?: string; message: string }>();
+    for (const c of [idle, inTx]) c.on('error', (e: Error & { code?: string }) => errors.has(c) || errors.set(c, e));
+    await idle.connect();
+    await inTx.connect();
+    await inTx.query('begin');
+    await inTx.query('insert into t_kill values (42)');
+    await waitUntil(() => errors.size === 2, 10_000, 'both clients ended');
+    assert.equal(errors.get(idle)?.code, '57P05', String(errors.get(idle)?.message));
+    assert.equal(errors.get(inTx)?.code, '25P03');
+    assert.equal(
+      await cluster.psql('select count(*) from t_kill where id = 42', { db: 'appdb' }),
+      '0',
+      'the idle transaction was rolled back',
+    );
+  });
+
   test('max_client_conn: the client past the limit gets FATAL 53300', async () => {
     const p = await postern({ pool_mode: 'transaction', max_client_conn: 3 });
     const ok = [client(p.port), client(p.port), client(p.port)];
