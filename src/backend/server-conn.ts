@@ -38,6 +38,7 @@ import { encodeStartup } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { ServerTlsOptions } from '../tls/contexts.ts';
 import { connectServer } from './connect.ts';
+import type { ServerStatements } from './prepared.ts';
 
 export const SV = {
   Login: 'login',
@@ -139,10 +140,13 @@ export class ServerConn implements FrameSink {
   readonly applied = new Map<string, string>();
   /** Cancel requests sent for this connection and not yet delivered: it must not be lent to anyone else meanwhile. */
   cancelsInFlight = 0;
+  /** Protocol-level statements Postern prepared here (transaction mode); created by the first session that needs it. */
+  statements: ServerStatements | null = null;
 
-  /** After a reset query (DISCARD ALL): nothing Postern set survives. */
+  /** After a reset query (DISCARD ALL): nothing Postern set or prepared survives. */
   resetApplied(): void {
     this.applied.clear();
+    this.statements?.clear();
   }
   readonly log: Logger;
   #socket: net.Socket | null = null;
@@ -297,6 +301,7 @@ export class ServerConn implements FrameSink {
   close(terminate = true): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.statements?.clear();
     this.state = SV.Closed;
     const s = this.#socket;
     this.#stream?.kill();
@@ -309,6 +314,7 @@ export class ServerConn implements FrameSink {
 
   destroy(): void {
     this.#closed = true;
+    this.statements?.clear();
     this.state = SV.Closed;
     this.#stream?.kill();
     this.#socket?.destroy();
@@ -317,6 +323,7 @@ export class ServerConn implements FrameSink {
   #onClose(): void {
     const wasClosed = this.#closed;
     this.#closed = true;
+    this.statements?.clear();
     this.state = SV.Closed;
     this.#stream?.kill();
     if (this.#login !== null) {

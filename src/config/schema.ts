@@ -299,6 +299,14 @@ export const SETTINGS: readonly Setting[] = [
     'Disconnect clients that stay idle inside a transaction this long (0: never).',
   ),
   row(
+    'pool.max_prepared_statements',
+    'int',
+    z.number().int().min(0),
+    200,
+    true,
+    'Transaction mode: protocol-level named prepared statements are tracked and re-prepared on whichever server a client lands on; this caps how many each server connection keeps (least recently used closed first). 0 turns the feature off.',
+  ),
+  row(
     'pool.server_reset_query',
     'string',
     z.string(),
@@ -407,6 +415,7 @@ export interface PoolConfig {
   client_idle_timeout: number;
   idle_transaction_timeout: number;
   server_reset_query: string;
+  max_prepared_statements: number;
   server_check_query: string;
   server_check_delay: number;
 }

@@ -10,6 +10,7 @@ import type { StoredSecret } from '../auth/secrets.ts';
 import type { AuthState } from '../auth/store.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
 import { PoolRegistry } from '../backend/pool.ts';
+import { StatementCache } from '../backend/prepared.ts';
 import type { ServerTarget } from '../backend/server-conn.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
@@ -47,6 +48,8 @@ export class Context {
   readonly logins = new Map<string, number>();
   readonly loginFailures = new Map<string, number>();
   readonly pools: PoolRegistry;
+  /** Protocol-level prepared statements, shared by every transaction-mode session. */
+  readonly statements = new StatementCache();
 
   constructor(config: Config, log: Logger, clientTls: tls.Server | null, auth: AuthState) {
     this.config = config;

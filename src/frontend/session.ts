@@ -18,6 +18,7 @@ import { certAllows } from '../auth/ident.ts';
 import { classifySecret, type StoredSecret } from '../auth/secrets.ts';
 import { connectServer, ServerConnectError } from '../backend/connect.ts';
 import type { Pool, PoolWaiter } from '../backend/pool.ts';
+import { PREPARED_CLIENT_INSPECT, PREPARED_SERVER_INSPECT, PreparedRewriter, ServerStatements } from '../backend/prepared.ts';
 import { ServerConn, type ServerLink, type ServerSecret } from '../backend/server-conn.ts';
 import type { PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
@@ -93,6 +94,15 @@ const CLIENT_COUNT = table([FE.Query, FE.Sync, FE.FunctionCall]);
 /** Startup parameters that are not settings to carry to pooled servers. */
 const NOT_SETTINGS: ReadonlySet<string> = new Set(['user', 'database', 'replication', 'options']);
 const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
+
+function union(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const t = new Uint8Array(256);
+  for (let i = 0; i < 256; i++) t[i] = (a[i] as number) | (b[i] as number);
+  return t;
+}
+/** Transaction mode with prepared-statement tracking: what the rewriter must see whole. */
+const CLIENT_INSPECT_PREPARED = union(CLIENT_INSPECT, PREPARED_CLIENT_INSPECT);
+const SERVER_INSPECT_PREPARED = union(SERVER_INSPECT_POOLED, PREPARED_SERVER_INSPECT);
 
 /** `-c name=value` / `--name=value` pairs of a startup `options` string. */
 function parseOptions(options: string): Array<[string, string]> {
@@ -173,6 +183,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** ReadyForQuery messages forwarded to the client (matches the client stream's counted frames). */
   #zSeen = 0;
   #overLimit: boolean;
+  /** Transaction mode: named prepared statements made to work across server connections. */
+  #rw: PreparedRewriter | null = null;
   /** Last time the client sent anything (coarse: for idle timeouts checked by the janitor). */
   #lastClientActivity = Date.now();
   bytesIn = 0;
@@ -685,7 +697,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       return;
     }
     this.#server = conn;
-    conn.attach(this.#serverLink, SERVER_INSPECT_POOLED);
+    conn.attach(this.#serverLink, this.#serverInspect());
     if (why === 'login') {
       const welcome = this.#pool.welcome ?? conn.params;
       if (this.#poolMode === 'session') this.#applySettings(conn);
@@ -694,6 +706,10 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       return;
     }
     // Transaction mode: carry the session's settings over, then what the client sent.
+    if (this.#rw !== null) {
+      conn.statements ??= new ServerStatements(this.#ctx.config.pool.max_prepared_statements);
+      this.#rw.attach(conn.statements);
+    }
     this.#applySettings(conn);
     const held = this.#held;
     this.#held = [];
@@ -721,6 +737,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#becomeActive();
     // Counted in every pooled mode: a hand-back is clean only with nothing in flight.
     this.#clientStream?.setCount(CLIENT_COUNT);
+    if (this.#poolMode === 'transaction' && this.#ctx.config.pool.max_prepared_statements > 0) {
+      this.#rw = new PreparedRewriter(this.#ctx.statements, {
+        toServer: (b, st, e) => this.#toServer(b, st, e),
+        toClient: (b, st, e) => this.#toClient(b, st, e),
+      });
+      this.#clientStream?.setInspect(CLIENT_INSPECT_PREPARED);
+    }
   }
 
   /**
@@ -742,12 +765,25 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     conn.write(Buffer.concat(sql.map((q) => encodeQuery(q))));
   }
 
+  #serverInspect(): Uint8Array {
+    return this.#rw !== null ? SERVER_INSPECT_PREPARED : SERVER_INSPECT_POOLED;
+  }
+
   /** Gives the linked server back to its pool. */
   #releaseServer(reusable: boolean): void {
     const conn = this.#server;
     const pool = this.#pool;
     if (conn === null || pool === null) return;
     this.#server = null;
+    const rw = this.#rw;
+    if (rw !== null) {
+      if (rw.idle) rw.detach();
+      else {
+        // Responses still owed: the connection cannot serve anyone else.
+        rw.reset();
+        reusable = false;
+      }
+    }
     pool.release(conn, reusable && conn.cancelsInFlight === 0 && this.#swallow === 0);
   }
 
@@ -850,7 +886,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #clientSink: FrameSink = {
     onRun: (buf, start, end) => {
-      if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
+      if (this.#state === STATE.Active && this.#rw !== null) this.#rw.onClientBytes(buf, start, end);
+      else if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
     },
     onMessage: (type, buf, start, end) => {
       if (type === FE.Terminate) {
@@ -870,6 +907,16 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         return;
       }
       if (this.#state === STATE.Active) {
+        const rw = this.#rw;
+        if (rw !== null && PREPARED_CLIENT_INSPECT[type] === 1) {
+          try {
+            rw.onClientFrame(type, buf, start, end);
+          } catch (e) {
+            if (e instanceof ProtocolViolation) this.#fatal(SQLSTATE.ProtocolViolation, e.message);
+            else throw e;
+          }
+          return;
+        }
         this.#toServer(buf, start, end);
         return;
       }
@@ -922,22 +969,17 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         const e = decodeNotice(buf, start, end);
         if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
           this.#serverSaidFatal = true;
-        this.#toClient(buf, start, end);
-        return;
-      }
-      if (type === BE.ParameterStatus) {
+      } else if (type === BE.ParameterStatus && this.#pool !== null) {
         // The client changed a reported setting (SET TIME ZONE ...): it follows the client to the next server.
         const [k, v] = decodeParameterStatus(buf, start, end);
         this.#desired.set(k, v);
         this.#server?.applied.delete(k);
-        this.#toClient(buf, start, end);
-        return;
-      }
-      if (type === BE.ReadyForQuery) {
+      } else if (type === BE.ReadyForQuery && this.#pool !== null) {
         this.#onReadyForQuery(buf, start, end);
         return;
       }
-      this.#toClient(buf, start, end);
+      if (this.#rw !== null) this.#rw.onServerFrame(type, buf, start, end);
+      else this.#toClient(buf, start, end);
       return;
     }
     if (!this.#sawFirstServerMessage) {
@@ -1020,7 +1062,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (type !== BE.ReadyForQuery) return;
     this.#swallow--;
     if (this.#swallow > 0) return;
-    this.#server?.attach(this.#serverLink, SERVER_INSPECT_POOLED);
+    this.#server?.attach(this.#serverLink, this.#serverInspect());
     if (this.#releaseAfterSwallow) {
       this.#releaseAfterSwallow = false;
       this.#releaseServer(true);
@@ -1052,8 +1094,15 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       );
       return;
     }
-    this.#toClient(buf, start, end);
     this.#zSeen++;
+    const rw = this.#rw;
+    if (rw !== null) {
+      rw.onServerFrame(BE.ReadyForQuery, buf, start, end);
+      // The rewriter knows exactly what is still owed (it sees Syncs skipped in COPY, errors, held input).
+      if (status === 0x49 && rw.idle && !rw.holding && stream !== null && stream.atBoundary) this.#releaseServer(true);
+      return;
+    }
+    this.#toClient(buf, start, end);
     if (this.#poolMode === 'session' || stream === null) return;
     if (status === 0x49 && stream.counted === this.#zSeen && stream.atBoundary) this.#releaseServer(true);
   }
@@ -1194,13 +1243,16 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     upgrading.delete(this.#raw);
     this.#ctx.unregister(this.#pid, this);
     const clientAtBoundary = this.#clientStream === null || this.#clientStream.atBoundary;
+    const rwIdle = this.#rw === null || this.#rw.idle;
     this.#clientStream?.kill();
     const server = this.#server;
     if (this.#pool !== null) {
       if (this.#waitingFor !== null) this.#pool.removeWaiter(this);
       // A clean hand-back only when nothing is in flight either way; otherwise the server is closed.
       const pending = this.#clientStream !== null && this.#clientStream.counted !== this.#zSeen;
-      if (server !== null) this.#releaseServer(clientAtBoundary && !pending && server.atBoundary && server.txStatus === 0x49);
+      if (server !== null)
+        this.#releaseServer(clientAtBoundary && (this.#rw !== null ? rwIdle : !pending) && server.atBoundary && server.txStatus === 0x49);
+      this.#rw?.dispose();
     } else if (server !== null) {
       this.#server = null;
       // Terminate only between client messages: never inside one we were forwarding.

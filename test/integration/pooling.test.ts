@@ -71,7 +71,7 @@ describe('transaction mode', () => {
     px = await postern({ pool_mode: 'transaction', default_pool_size: 5 });
   });
 
-  for (const mode of ['simple', 'extended'] as const) {
+  for (const mode of ['simple', 'extended', 'prepared'] as const) {
     test(`pgbench -c 50 over a pool of 5, -M ${mode}: zero failures, never more than 5 server connections`, async () => {
       let peak = 0;
       let sampling = true;
