@@ -138,6 +138,8 @@ export class ServerConn implements FrameSink {
   pool: unknown = null;
   /** Settings Postern SET on this connection for a client (name -> value), beyond what the server reports. */
   readonly applied = new Map<string, string>();
+  /** Session-level SETs of unreported settings on this connection: name -> SQL value text. */
+  readonly appliedSql = new Map<string, string>();
   /** Cancel requests sent for this connection and not yet delivered: it must not be lent to anyone else meanwhile. */
   cancelsInFlight = 0;
   /** Protocol-level statements Postern prepared here (transaction mode); created by the first session that needs it. */
@@ -146,6 +148,7 @@ export class ServerConn implements FrameSink {
   /** After a reset query (DISCARD ALL): nothing Postern set or prepared survives. */
   resetApplied(): void {
     this.applied.clear();
+    this.appliedSql.clear();
     this.statements?.clear();
   }
   readonly log: Logger;

@@ -48,6 +48,8 @@ export class Context {
   readonly logins = new Map<string, number>();
   readonly loginFailures = new Map<string, number>();
   readonly pools: PoolRegistry;
+  /** Transaction-mode clients pinned to their server connection, by the feature that pinned them. */
+  readonly pins = new Map<string, number>();
   /** Protocol-level prepared statements, shared by every transaction-mode session. */
   readonly statements = new StatementCache();
 

@@ -46,6 +46,7 @@ import { decodeStartup, encodeCancel, encodeStartup, type StartupPacket } from '
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import { ALPN_POSTGRESQL } from '../tls/contexts.ts';
 import type { Context, SessionHandle } from './context.ts';
+import { sessionEffects } from './session-features.ts';
 
 export const STATE = {
   Negotiating: 'negotiating',
@@ -103,6 +104,8 @@ function union(a: Uint8Array, b: Uint8Array): Uint8Array {
 /** Transaction mode with prepared-statement tracking: what the rewriter must see whole. */
 const CLIENT_INSPECT_PREPARED = union(CLIENT_INSPECT, PREPARED_CLIENT_INSPECT);
 const SERVER_INSPECT_PREPARED = union(SERVER_INSPECT_POOLED, PREPARED_SERVER_INSPECT);
+/** Transaction/statement mode: statement texts are read for session features (docs/transaction-mode.md). */
+const CLIENT_INSPECT_STATEMENTS = union(CLIENT_INSPECT, table([FE.Query, FE.Parse]));
 
 /** `-c name=value` / `--name=value` pairs of a startup `options` string. */
 function parseOptions(options: string): Array<[string, string]> {
@@ -185,6 +188,10 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #overLimit: boolean;
   /** Transaction mode: named prepared statements made to work across server connections. */
   #rw: PreparedRewriter | null = null;
+  /** Why this client keeps its server connection for the rest of its session (transaction mode); null: it does not. */
+  pinned: string | null = null;
+  /** Session-level SETs of unreported settings to carry across servers: name -> SQL value text. */
+  #desiredSql = new Map<string, string>();
   /** Last time the client sent anything (coarse: for idle timeouts checked by the janitor). */
   #lastClientActivity = Date.now();
   bytesIn = 0;
@@ -737,12 +744,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#becomeActive();
     // Counted in every pooled mode: a hand-back is clean only with nothing in flight.
     this.#clientStream?.setCount(CLIENT_COUNT);
+    if (this.#poolMode !== 'session') this.#clientStream?.setInspect(CLIENT_INSPECT_STATEMENTS);
     if (this.#poolMode === 'transaction' && this.#ctx.config.pool.max_prepared_statements > 0) {
       this.#rw = new PreparedRewriter(this.#ctx.statements, {
         toServer: (b, st, e) => this.#toServer(b, st, e),
         toClient: (b, st, e) => this.#toClient(b, st, e),
       });
-      this.#clientStream?.setInspect(CLIENT_INSPECT_PREPARED);
+      this.#clientStream?.setInspect(union(CLIENT_INSPECT_PREPARED, CLIENT_INSPECT_STATEMENTS));
     }
   }
 
@@ -758,6 +766,22 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       if (current === v) continue;
       sql.push(`SET ${k} = ${quoteLiteral(v)}`);
       conn.applied.set(k, v);
+    }
+    for (const [k, v] of this.#desiredSql) {
+      if (conn.params.has(k) || conn.appliedSql.get(k) === v) continue;
+      sql.push(`SET ${k} = ${v}`);
+      conn.appliedSql.set(k, v);
+    }
+    // What earlier clients set on this connection and this client did not: back to defaults.
+    for (const k of [...conn.appliedSql.keys()]) {
+      if (this.#desiredSql.has(k)) continue;
+      sql.push(`SET ${k} = DEFAULT`);
+      conn.appliedSql.delete(k);
+    }
+    for (const k of [...conn.applied.keys()]) {
+      if (this.#desired.has(k) || conn.params.has(k)) continue;
+      sql.push(`RESET ${k}`);
+      conn.applied.delete(k);
     }
     if (sql.length === 0) return;
     this.#swallow += sql.length;
@@ -907,6 +931,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         return;
       }
       if (this.#state === STATE.Active) {
+        if ((type === FE.Query || type === FE.Parse) && this.#pool !== null && this.#poolMode !== 'session')
+          this.#onStatementText(type, buf, start, end);
         const rw = this.#rw;
         if (rw !== null && PREPARED_CLIENT_INSPECT[type] === 1) {
           try {
@@ -925,6 +951,42 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     },
     onViolation: (kind, detail) => this.#clientViolation(kind, detail),
   };
+
+  /**
+   * Session features in a Query or Parse text (transaction/statement mode):
+   * settings carried, statements forgotten, or the client pinned to its
+   * server. Runs before the frame is passed on; cached by text.
+   */
+  #onStatementText(type: number, buf: Buffer, start: number, end: number): void {
+    let from = start + 5;
+    if (type === FE.Parse) {
+      const nameEnd = buf.indexOf(0, from);
+      if (nameEnd < 0 || nameEnd >= end) return;
+      from = nameEnd + 1;
+    }
+    const textEnd = buf.indexOf(0, from);
+    if (textEnd < 0 || textEnd >= end) return;
+    const scs = this.#server?.params.get('standard_conforming_strings') !== 'off';
+    const fx = sessionEffects(buf.toString('utf8', from, textEnd), scs);
+    const server = this.#server;
+    if (fx.resetAll) {
+      for (const k of this.#desiredSql.keys()) this.#desiredSql.set(k, 'DEFAULT');
+    }
+    for (const [k, v] of fx.sets) {
+      if (!GUC_NAME.test(k) || server?.params.has(k)) continue;
+      this.#desiredSql.set(k, v);
+      server?.appliedSql.set(k, v);
+    }
+    for (const name of fx.forget) {
+      this.#rw?.forgetClient(name);
+      if (name === null) server?.statements?.clear();
+    }
+    if (fx.pin !== null && this.pinned === null && this.#poolMode === 'transaction') {
+      this.pinned = fx.pin;
+      this.#ctx.count(this.#ctx.pins, fx.pin);
+      this.log.info({ feature: fx.pin }, 'client pinned to its server connection for the rest of its session');
+    }
+  }
 
   #onRelayedPassword(buf: Buffer, start: number, end: number): void {
     if (this.#saslRequested && this.#server?.tls && saslGs2Flag(buf, start, end) === GS2_CLIENT_SUPPORTS_CB) {
@@ -1099,12 +1161,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (rw !== null) {
       rw.onServerFrame(BE.ReadyForQuery, buf, start, end);
       // The rewriter knows exactly what is still owed (it sees Syncs skipped in COPY, errors, held input).
-      if (status === 0x49 && rw.idle && !rw.holding && stream !== null && stream.atBoundary) this.#releaseServer(true);
+      if (status === 0x49 && this.pinned === null && rw.idle && !rw.holding && stream !== null && stream.atBoundary)
+        this.#releaseServer(true);
       return;
     }
     this.#toClient(buf, start, end);
     if (this.#poolMode === 'session' || stream === null) return;
-    if (status === 0x49 && stream.counted === this.#zSeen && stream.atBoundary) this.#releaseServer(true);
+    if (status === 0x49 && this.pinned === null && stream.counted === this.#zSeen && stream.atBoundary) this.#releaseServer(true);
   }
 
   #clientViolation(kind: ViolationKind, detail: string): void {
@@ -1251,7 +1314,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       // A clean hand-back only when nothing is in flight either way; otherwise the server is closed.
       const pending = this.#clientStream !== null && this.#clientStream.counted !== this.#zSeen;
       if (server !== null)
-        this.#releaseServer(clientAtBoundary && (this.#rw !== null ? rwIdle : !pending) && server.atBoundary && server.txStatus === 0x49);
+        this.#releaseServer(
+          this.pinned === null &&
+            clientAtBoundary &&
+            (this.#rw !== null ? rwIdle : !pending) &&
+            server.atBoundary &&
+            server.txStatus === 0x49,
+        );
       this.#rw?.dispose();
     } else if (server !== null) {
       this.#server = null;
