@@ -84,16 +84,41 @@ export class Pool {
 
   /** A connection now, or null: the waiter is queued and called back later. */
   acquire(w: PoolWaiter): ServerConn | null {
+    const cfg = this.#host.poolConfig();
+    const now = Date.now();
     while (this.#idle.length > 0) {
       const conn = this.#idle.pop() as ServerConn;
       if (conn.closed) continue;
+      if (cfg.server_check_query !== '' && now - conn.lastUsedAt > cfg.server_check_delay) {
+        // Idle for a while: prove it is alive before lending it (server_check_query).
+        this.#waiting.unshift({ w, since: now });
+        this.#check(conn, cfg.server_check_query);
+        return null;
+      }
       this.#lend(conn);
       this.servedTotal++;
       return conn;
     }
-    this.#waiting.push({ w, since: Date.now() });
+    this.#waiting.push({ w, since: now });
     this.#grow();
     return null;
+  }
+
+  #check(conn: ServerConn, sql: string): void {
+    this.#used.add(conn);
+    conn.state = SV.Used;
+    conn.query(sql, []).then(
+      () => {
+        this.#used.delete(conn);
+        this.#handOut(conn);
+      },
+      (e: Error) => {
+        this.#used.delete(conn);
+        this.#host.log.info({ server: conn.id, err: e.message }, 'server_check_query failed; closing the connection');
+        conn.destroy();
+        this.#grow();
+      },
+    );
   }
 
   /** A waiter gave up (disconnected). */
@@ -160,10 +185,17 @@ export class Pool {
     this.#idle.push(conn);
   }
 
-  /** Opens connections while clients wait and the limits allow. */
-  #grow(): void {
+  /**
+   * Opens connections while clients wait and the limits allow. The reserve
+   * (reserve_pool_size) opens only for a client that has waited
+   * reserve_pool_timeout.
+   */
+  #grow(now = Date.now()): void {
     const cfg = this.#host.poolConfig();
-    while (this.#waiting.length > this.#opening && this.total < this.size && this.#globalRoom(cfg)) this.#open();
+    const first = this.#waiting[0];
+    const reserve =
+      first !== undefined && cfg.reserve_pool_size > 0 && now - first.since >= cfg.reserve_pool_timeout ? cfg.reserve_pool_size : 0;
+    while (this.#waiting.length > this.#opening && this.total < this.size + reserve && this.#globalRoom(cfg)) this.#open();
   }
 
   #globalRoom(cfg: PoolConfig): boolean {
@@ -200,9 +232,10 @@ export class Pool {
     );
   }
 
-  /** One janitor tick: wait timeouts, idle timeouts, lifetimes, min_pool_size. */
+  /** One janitor tick: wait timeouts, reserve pool, idle timeouts, lifetimes, min_pool_size. */
   tick(now: number): void {
     const cfg = this.#host.poolConfig();
+    this.#grow(now);
     if (cfg.query_wait_timeout > 0) {
       while (this.#waiting.length > 0 && now - (this.#waiting[0] as { since: number }).since >= cfg.query_wait_timeout) {
         const { w } = this.#waiting.shift() as { w: PoolWaiter };

@@ -234,6 +234,63 @@ describe('limits', () => {
     );
   });
 
+  test('reserve_pool_size opens extra connections for a client that waited reserve_pool_timeout; max_db_connections caps all pools', async () => {
+    const p = await postern({ pool_mode: 'transaction', default_pool_size: 1, reserve_pool_size: 1, reserve_pool_timeout: '300ms' });
+    const holder = client(p.port);
+    await holder.connect();
+    await holder.query('begin');
+    const waiter = client(p.port);
+    await waiter.connect();
+    assert.equal((await waiter.query('select 3 as v')).rows[0].v, 3, 'served by the reserve connection');
+    assert.equal(p.postern.ctx.pools.all()[0]?.total, 2);
+    await holder.query('rollback');
+    await holder.end();
+    await waiter.end();
+
+    const capped = await postern({ pool_mode: 'transaction', default_pool_size: 5, max_db_connections: 2 });
+    const cs = Array.from({ length: 5 }, () => client(capped.port));
+    for (const c of cs) await c.connect();
+    const rs = await Promise.all(cs.map((c, i) => c.query('select pg_sleep(0.05), $1::int as i', [i])));
+    rs.forEach((r, i) => {
+      assert.equal(r.rows[0].i, i);
+    });
+    assert.equal(capped.postern.ctx.pools.all()[0]?.total, 2, 'never more than max_db_connections');
+    for (const c of cs) await c.end();
+  });
+
+  test('server_check_query runs on a connection idle past server_check_delay; a failing check replaces it', async () => {
+    const p = await postern({ pool_mode: 'transaction', default_pool_size: 1, server_check_query: 'select 1/0', server_check_delay: '0s' });
+    const c = client(p.port);
+    await c.connect();
+    const first = (await c.query('select pg_backend_pid() as p')).rows[0].p as number;
+    await new Promise((r) => setTimeout(r, 20));
+    const second = (await c.query('select pg_backend_pid() as p')).rows[0].p as number;
+    assert.notEqual(second, first, 'the checked connection failed its check and was replaced');
+    await waitUntil(async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where pid = ${first}`)) === 0, 10_000);
+    await c.end();
+  });
+
+  test('server_idle_timeout and server_lifetime retire connections', async () => {
+    const p = await postern({
+      pool_mode: 'transaction',
+      default_pool_size: 2,
+      server_idle_timeout: '1s',
+      server_lifetime: '1s',
+      server_check_query: '',
+    });
+    const c = client(p.port);
+    await c.connect();
+    const pid = (await c.query('select pg_backend_pid() as p')).rows[0].p as number;
+    await waitUntil(
+      async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where pid = ${pid}`)) === 0,
+      10_000,
+      'idle connection closed',
+    );
+    const again = (await c.query('select pg_backend_pid() as p')).rows[0].p as number;
+    assert.notEqual(again, pid);
+    await c.end();
+  });
+
   test('max_client_conn: the client past the limit gets FATAL 53300', async () => {
     const p = await postern({ pool_mode: 'transaction', max_client_conn: 3 });
     const ok = [client(p.port), client(p.port), client(p.port)];
