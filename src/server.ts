@@ -31,6 +31,8 @@ export class Postern {
   readonly ctx: Context;
   #listener: net.Server | null = null;
   #closed = false;
+  /** Every accepted socket, so a shutdown can end stragglers instead of waiting on them forever. */
+  #sockets = new Set<net.Socket>();
   /** The janitor: one coarse tick for every pool (wait timeouts, idle and lifetime limits, min_pool_size). */
   #janitor: NodeJS.Timeout;
 
@@ -76,6 +78,8 @@ export class Postern {
         socket.destroy();
         return;
       }
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
       new ClientSession(this.ctx, socket);
     });
     this.#listener = server;
@@ -147,6 +151,10 @@ export class Postern {
     for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
     clearInterval(this.#janitor);
     this.ctx.pools.closeAll();
+    // Sessions were told goodbye; a peer that never closes its end must not hold the process.
+    const grace = new Promise<void>((r) => setTimeout(r, 2000).unref());
+    await Promise.race([closed, grace]);
+    for (const sock of this.#sockets) sock.destroy();
     await closed;
     this.log.info('shut down');
   }
