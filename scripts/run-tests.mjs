@@ -24,7 +24,11 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.POSTERN_TEST_CONCURRENCY ?? '2';
-const r = spawnSync(process.execPath, ['--test', '--test-force-exit', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files], {
-  stdio: 'inherit',
-});
+const r = spawnSync(
+  process.execPath,
+  ['--test', '--test-force-exit', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files],
+  {
+    stdio: 'inherit',
+  },
+);
 process.exit(r.status ?? 1);

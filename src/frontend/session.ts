@@ -1161,8 +1161,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (rw !== null) {
       rw.onServerFrame(BE.ReadyForQuery, buf, start, end);
       // The rewriter knows exactly what is still owed (it sees Syncs skipped in COPY, errors, held input).
-      if (status === 0x49 && this.pinned === null && rw.idle && !rw.holding && stream?.atBoundary)
-        this.#releaseServer(true);
+      if (status === 0x49 && this.pinned === null && rw.idle && !rw.holding && stream?.atBoundary) this.#releaseServer(true);
       return;
     }
     this.#toClient(buf, start, end);
