@@ -8,7 +8,14 @@
 
 import type { PoolConfig, PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
+import { BE } from '../protocol/codes.ts';
 import { ServerConn, ServerLoginError, type ServerSecret, type ServerTarget, SV } from './server-conn.ts';
+
+const READY_ONLY = (() => {
+  const t = new Uint8Array(256);
+  t[BE.ReadyForQuery] = 1;
+  return t;
+})();
 
 export interface PoolWaiter {
   readonly id: number;
@@ -159,6 +166,72 @@ export class Pool {
       return;
     }
     this.#handOut(conn);
+  }
+
+  /**
+   * A client left with work in flight or a transaction open. Instead of
+   * dropping the connection: `owed` ReadyForQuery messages are drained
+   * (the caller already ended any COPY, sent a Sync and, when work was
+   * running, a cancel), an open transaction is rolled back, and the
+   * connection is lent again only once it is idle and no cancel for it is
+   * still in flight. Anything unexpected, or no ReadyForQuery within 10 s,
+   * closes it.
+   */
+  reclaim(conn: ServerConn, owed: number): void {
+    this.#active.delete(conn);
+    this.#used.add(conn);
+    conn.state = SV.Used;
+    let settled = false;
+    const fail = (why: string): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      this.#used.delete(conn);
+      this.#host.log.info({ server: conn.id, why }, 'could not clean the server connection; closing it');
+      conn.detach();
+      conn.destroy();
+      this.#grow();
+    };
+    const timer = setTimeout(() => fail('timed out draining'), 10_000);
+    timer.unref();
+    const done = (): void => {
+      if (settled) return;
+      if (conn.cancelsInFlight > 0) {
+        // The cancel must have landed before anyone else's query can run here.
+        setTimeout(done, 20).unref();
+        return;
+      }
+      settled = true;
+      clearTimeout(timer);
+      this.#used.delete(conn);
+      conn.detach();
+      this.#host.log.debug({ server: conn.id }, 'server connection cleaned after its client left');
+      this.#handOut(conn);
+    };
+    const rollback = (): void => {
+      if (conn.txStatus === 0x49) done();
+      else conn.query('ROLLBACK', []).then(done, (e: Error) => fail(e.message));
+    };
+    if (owed <= 0) {
+      rollback();
+      return;
+    }
+    let left = owed;
+    conn.attach(
+      {
+        onServerRun() {},
+        onServerMessage(type) {
+          if (type === BE.ReadyForQuery && --left === 0) {
+            conn.detach();
+            rollback();
+          }
+        },
+        onServerViolation: () => fail('protocol violation'),
+        onServerClosed: () => fail('closed'),
+        onServerDrain() {},
+      },
+      READY_ONLY,
+    );
   }
 
   #lend(conn: ServerConn): void {

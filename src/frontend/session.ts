@@ -40,7 +40,7 @@ import {
 } from '../protocol/backend.ts';
 import { AUTH, BE, FE, LATEST_MINOR, VALID_FRONTEND } from '../protocol/codes.ts';
 import { BAD_LENGTH, type FrameSink, MessageStream, NEED_MORE, startupFrame } from '../protocol/framer.ts';
-import { encodeQuery } from '../protocol/frontend.ts';
+import { encodeCopyFail, encodeQuery, SYNC } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { decodeStartup, encodeCancel, encodeStartup, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
@@ -194,6 +194,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #desiredSql = new Map<string, string>();
   /** Last time the client sent anything (coarse: for idle timeouts checked by the janitor). */
   #lastClientActivity = Date.now();
+  /** Bytes went to the server since its last ReadyForQuery: it may be busy. */
+  #sentSinceReady = false;
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt = Date.now();
@@ -793,6 +795,23 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     return this.#rw !== null ? SERVER_INSPECT_PREPARED : SERVER_INSPECT_POOLED;
   }
 
+  /**
+   * The client left mid-work: end any COPY, Sync, cancel what runs, and let
+   * the pool drain and roll back before it lends the connection again.
+   */
+  #reclaimServer(conn: ServerConn, pending: number): void {
+    const pool = this.#pool;
+    if (pool === null) return;
+    const busy = this.#sentSinceReady;
+    this.#rw?.reset();
+    this.#server = null;
+    // CopyFail ends a COPY FROM STDIN (ignored otherwise); Sync ends any
+    // extended-protocol batch and earns one more ReadyForQuery.
+    conn.write(Buffer.concat([encodeCopyFail('client disconnected'), SYNC]));
+    if (busy) this.#sendCancel(conn);
+    pool.reclaim(conn, Math.max(pending, 0) + this.#swallow + 1);
+  }
+
   /** Gives the linked server back to its pool. */
   #releaseServer(reusable: boolean): void {
     const conn = this.#server;
@@ -898,6 +917,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #toServer(buf: Buffer, start: number, end: number): void {
     const server = this.#server;
     if (server === null) return;
+    this.#sentSinceReady = true;
     const ok = server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     if (!ok) this.#client.pause();
   }
@@ -1134,6 +1154,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** ReadyForQuery in a pooled session: forward it, and in transaction/statement mode give the server back when idle. */
   #onReadyForQuery(buf: Buffer, start: number, end: number): void {
     const status = buf[start + 5] as number;
+    this.#sentSinceReady = false;
     const stream = this.#clientStream;
     if (this.#poolMode === 'statement' && status !== 0x49 /* I */ && this.#server !== null) {
       // A transaction block began: refused in statement mode. Roll it back
@@ -1189,8 +1210,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   cancel(): void {
     const server = this.#server;
-    const key = server?.key ?? null;
-    if (server === null || key === null || this.#state === STATE.Closed) return;
+    if (server === null || this.#state === STATE.Closed) return;
+    this.#sendCancel(server);
+  }
+
+  /** Delivers a CancelRequest for `server` with its own key; counted until delivered. */
+  #sendCancel(server: ServerConn): void {
+    const key = server.key;
+    if (key === null) return;
     const t = server.target;
     // Until the cancel is delivered this server must not serve anyone else.
     server.cancelsInFlight++;
@@ -1310,16 +1337,16 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const server = this.#server;
     if (this.#pool !== null) {
       if (this.#waitingFor !== null) this.#pool.removeWaiter(this);
-      // A clean hand-back only when nothing is in flight either way; otherwise the server is closed.
-      const pending = this.#clientStream !== null && this.#clientStream.counted !== this.#zSeen;
-      if (server !== null)
-        this.#releaseServer(
-          this.pinned === null &&
-            clientAtBoundary &&
-            (this.#rw !== null ? rwIdle : !pending) &&
-            server.atBoundary &&
-            server.txStatus === 0x49,
-        );
+      // Clean now: lend it on. Work in flight or a transaction open: cancel,
+      // drain and roll back first (Pool.reclaim). Pinned, or cut inside a
+      // message either way: close it.
+      const pending = this.#clientStream !== null ? this.#clientStream.counted - this.#zSeen : 0;
+      if (server !== null) {
+        const clean = !this.#sentSinceReady && server.txStatus === 0x49 && this.#swallow === 0 && rwIdle;
+        if (this.pinned !== null || !clientAtBoundary || !server.atBoundary) this.#releaseServer(false);
+        else if (clean) this.#releaseServer(true);
+        else this.#reclaimServer(server, pending);
+      }
       this.#rw?.dispose();
     } else if (server !== null) {
       this.#server = null;

@@ -48,3 +48,7 @@ export function encodeExecute(portal: string, maxRows: number): Buffer {
 
 /** Sync, built once. */
 export const SYNC: Buffer = new Writer().message(FE.Sync);
+
+export function encodeCopyFail(message: string): Buffer {
+  return new Writer().cstring(message).message(FE.CopyFail);
+}

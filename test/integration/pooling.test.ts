@@ -132,25 +132,40 @@ describe('transaction mode', () => {
     await b.end();
   });
 
-  test('a client killed mid-transaction does not poison the pool', async () => {
+  test('a client killed mid-transaction does not poison the pool: the connection is rolled back and reused', async () => {
     const p1 = await postern({ pool_mode: 'transaction', default_pool_size: 1 });
     const victim = client(p1.port);
+    victim.on('error', () => {});
     await victim.connect();
     await victim.query('begin');
     await victim.query('insert into t_kill values (1)');
     const pid = (await victim.query('select pg_backend_pid() as p')).rows[0].p as number;
     (victim as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
-    victim.on('error', () => {});
     const next = client(p1.port);
     await next.connect();
-    const r = await next.query(`select (select count(*)::int from t_kill) as n, now() = statement_timestamp() as fresh`);
+    const r = await next.query(`select (select count(*)::int from t_kill) as n, now() = statement_timestamp() as fresh, pg_backend_pid() as p`);
     assert.equal(r.rows[0].n, 0, 'the killed transaction was not committed');
     assert.equal(r.rows[0].fresh, true, 'the next client is not inside the old transaction');
-    await waitUntil(
-      async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where pid = ${pid}`)) === 0,
-      10_000,
-      'old backend gone',
-    );
+    assert.equal(r.rows[0].p, pid, 'the same server connection, cleaned and reused');
+    await next.end();
+  });
+
+  test('a client killed mid-query: the query is cancelled, the connection drained and reused', async () => {
+    const p1 = await postern({ pool_mode: 'transaction', default_pool_size: 1 });
+    const victim = client(p1.port);
+    victim.on('error', () => {});
+    await victim.connect();
+    const pid = (await victim.query('select pg_backend_pid() as p')).rows[0].p as number;
+    victim.query('select pg_sleep(60)').catch(() => {});
+    await waitUntil(async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where pid = ${pid} and query like 'select pg_sleep(60)%' and state = 'active'`)) === 1, 10_000);
+    (victim as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    const next = client(p1.port);
+    await next.connect();
+    const started = Date.now();
+    const r = await next.query('select pg_backend_pid() as p, 1 as one');
+    assert.equal(r.rows[0].one, 1);
+    assert.equal(r.rows[0].p, pid, 'the same server connection');
+    assert.ok(Date.now() - started < 30_000, 'the sleep was cancelled, not waited out');
     await next.end();
   });
 
