@@ -143,7 +143,9 @@ describe('transaction mode', () => {
     (victim as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
     const next = client(p1.port);
     await next.connect();
-    const r = await next.query(`select (select count(*)::int from t_kill) as n, now() = statement_timestamp() as fresh, pg_backend_pid() as p`);
+    const r = await next.query(
+      `select (select count(*)::int from t_kill) as n, now() = statement_timestamp() as fresh, pg_backend_pid() as p`,
+    );
     assert.equal(r.rows[0].n, 0, 'the killed transaction was not committed');
     assert.equal(r.rows[0].fresh, true, 'the next client is not inside the old transaction');
     assert.equal(r.rows[0].p, pid, 'the same server connection, cleaned and reused');
@@ -157,7 +159,15 @@ describe('transaction mode', () => {
     await victim.connect();
     const pid = (await victim.query('select pg_backend_pid() as p')).rows[0].p as number;
     victim.query('select pg_sleep(60)').catch(() => {});
-    await waitUntil(async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where pid = ${pid} and query like 'select pg_sleep(60)%' and state = 'active'`)) === 1, 10_000);
+    await waitUntil(
+      async () =>
+        Number(
+          await cluster.psql(
+            `select count(*) from pg_stat_activity where pid = ${pid} and query like 'select pg_sleep(60)%' and state = 'active'`,
+          ),
+        ) === 1,
+      10_000,
+    );
     (victim as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
     const next = client(p1.port);
     await next.connect();
