@@ -150,7 +150,9 @@ export function renderMarkdown(ctx, rows, meta) {
   out.push(
     `${o.rounds} round(s), interleaved (every variant of a matrix point runs back to back within a round); ${o.duration} s per pgbench run; ` +
       `pgbench scale ${o.scale}, -j ${o.jobs}. Values are medians over rounds; ratios are medians of the ratios computed within each round. ` +
-      `Postern runs in **session** mode (${ctx.posternModes.length > 1 ? `pool_mode supported: ${ctx.posternModes.join(', ')}` : 'it has no pooling yet, one server connection per client'}); ` +
+      (ctx.posternModes.length > 1
+        ? 'Postern runs in the pool mode of the row, like PgBouncer; '
+        : 'Postern runs in **session** mode (one server connection per client); ') +
       `PgBouncer runs in the pool mode of the row (transaction: pool_size ${ctx.txPoolSize}).`,
   );
   out.push('');
