@@ -812,6 +812,17 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     pool.reclaim(conn, Math.max(pending, 0) + this.#swallow + 1);
   }
 
+  /**
+   * Everything the client sent has been answered: each counted frame
+   * (Query, Sync, FunctionCall) got its ReadyForQuery, no frame came after
+   * the last of them (an unsynced Parse/Bind/Execute would still be owed
+   * responses), and the client sits between messages.
+   */
+  #clientSettled(): boolean {
+    const stream = this.#clientStream;
+    return stream !== null && stream.counted === this.#zSeen && stream.frames === stream.framesAtLastCounted && stream.atBoundary;
+  }
+
   /** Gives the linked server back to its pool. */
   #releaseServer(reusable: boolean): void {
     const conn = this.#server;
@@ -1147,7 +1158,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#server?.attach(this.#serverLink, this.#serverInspect());
     if (this.#releaseAfterSwallow) {
       this.#releaseAfterSwallow = false;
-      this.#releaseServer(true);
+      // The client may already have sent its next statement to this server.
+      if (this.#clientSettled()) this.#releaseServer(true);
     }
   }
 
@@ -1187,7 +1199,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     this.#toClient(buf, start, end);
     if (this.#poolMode === 'session' || stream === null) return;
-    if (status === 0x49 && this.pinned === null && stream.counted === this.#zSeen && stream.atBoundary) this.#releaseServer(true);
+    if (status === 0x49 && this.pinned === null && this.#clientSettled()) this.#releaseServer(true);
   }
 
   #clientViolation(kind: ViolationKind, detail: string): void {

@@ -65,6 +65,10 @@ export class MessageStream {
   #count: Uint8Array | null = null;
   /** Frames of counted types whose header has been seen. */
   counted = 0;
+  /** Every frame header seen while counting is on. */
+  frames = 0;
+  /** `frames` when the last counted frame was seen: equal to `frames` when nothing uncounted came after it. */
+  framesAtLastCounted = 0;
 
   /**
    * @param valid 256-entry table: 1 for legal type bytes
@@ -81,6 +85,14 @@ export class MessageStream {
   /** Count frames of the types marked in `table` (null: stop counting) into `counted`, at their header. */
   setCount(table: Uint8Array | null): void {
     this.#count = table;
+  }
+
+  #tally(type: number): void {
+    this.frames++;
+    if ((this.#count as Uint8Array)[type] === 1) {
+      this.counted++;
+      this.framesAtLastCounted = this.frames;
+    }
   }
 
   /** Swap the inspect table (e.g. when a session leaves the startup phase). */
@@ -122,7 +134,7 @@ export class MessageStream {
       const type = this.#hdr[0] as number;
       const total = this.#check(type, this.#hdr.readInt32BE(1));
       if (total < 0) return;
-      if (this.#count !== null && this.#count[type] === 1) this.counted++;
+      if (this.#count !== null) this.#tally(type);
       if (this.#inspect[type] === 1) {
         this.#msg = Buffer.allocUnsafe(total);
         this.#hdr.copy(this.#msg, 0);
@@ -171,7 +183,7 @@ export class MessageStream {
         return;
       }
       const total = len + 1;
-      if (this.#count !== null && this.#count[type] === 1) this.counted++;
+      if (this.#count !== null) this.#tally(type);
       // Read the table per frame, not once per chunk: a sink may call setInspect
       // from onMessage, and the change must apply to the very next frame.
       if (this.#inspect[type] === 1) {
