@@ -8,14 +8,10 @@
 
 import type { PoolConfig, PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
-import { BE } from '../protocol/codes.ts';
+import { BE, typeTable } from '../protocol/codes.ts';
 import { ServerConn, ServerLoginError, type ServerSecret, type ServerTarget, SV } from './server-conn.ts';
 
-const READY_ONLY = (() => {
-  const t = new Uint8Array(256);
-  t[BE.ReadyForQuery] = 1;
-  return t;
-})();
+const READY_ONLY = typeTable([BE.ReadyForQuery]);
 
 export interface PoolWaiter {
   readonly id: number;

@@ -51,7 +51,7 @@
 //     transaction on another server, as with any transaction pooler.
 
 import { decodeNotice } from '../protocol/backend.ts';
-import { BE, FE, TX } from '../protocol/codes.ts';
+import { BE, FE, TX, typeTable } from '../protocol/codes.ts';
 import { ProtocolViolation, VIOLATION } from '../protocol/violation.ts';
 import { Writer } from '../protocol/writer.ts';
 
@@ -59,19 +59,13 @@ import { Writer } from '../protocol/writer.ts';
 export const PARSE_COMPLETE: Buffer = new Writer().message(BE.ParseComplete);
 export const CLOSE_COMPLETE: Buffer = new Writer().message(BE.CloseComplete);
 
-function table(codes: readonly number[]): Uint8Array {
-  const t = new Uint8Array(256);
-  for (const c of codes) t[c] = 1;
-  return t;
-}
-
 /**
  * Client frames the rewriter must see whole, in order, from the moment a
  * pooled session starts (everything that earns a response, and the ends of
  * COPY). The bytes of all other frames go through onClientBytes, which passes
  * them straight on unless input is being held back.
  */
-export const PREPARED_CLIENT_INSPECT: Uint8Array = table([
+export const PREPARED_CLIENT_INSPECT: Uint8Array = typeTable([
   FE.Parse,
   FE.Bind,
   FE.Describe,
@@ -92,7 +86,7 @@ export const PREPARED_CLIENT_INSPECT: Uint8Array = table([
  * can never land inside a frame that was half forwarded. Every other frame
  * arrives only while a request is owed, when no synthetic answer is written.
  */
-export const PREPARED_SERVER_INSPECT: Uint8Array = table([
+export const PREPARED_SERVER_INSPECT: Uint8Array = typeTable([
   BE.NoticeResponse,
   BE.NotificationResponse,
   BE.ParameterStatus,

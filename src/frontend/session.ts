@@ -38,7 +38,7 @@ import {
   encodeParameterStatus,
   encodeReadyForQuery,
 } from '../protocol/backend.ts';
-import { AUTH, BE, FE, LATEST_MINOR, VALID_FRONTEND } from '../protocol/codes.ts';
+import { AUTH, BE, FE, LATEST_MINOR, typeTable, VALID_BACKEND, VALID_FRONTEND } from '../protocol/codes.ts';
 import { BAD_LENGTH, type FrameSink, MessageStream, NEED_MORE, startupFrame } from '../protocol/framer.ts';
 import { encodeCopyFail, encodeQuery, SYNC } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
@@ -65,13 +65,8 @@ const BYTE_S = Buffer.from('S');
 const BYTE_N = Buffer.from('N');
 const TLS_HANDSHAKE_RECORD = 0x16;
 
-function table(codes: number[]): Uint8Array {
-  const t = new Uint8Array(256);
-  for (const c of codes) t[c] = 1;
-  return t;
-}
 /** Server messages Postern must act on while a relayed session starts. */
-const SERVER_INSPECT_STARTUP = table([
+const SERVER_INSPECT_STARTUP = typeTable([
   BE.Authentication,
   BE.BackendKeyData,
   BE.NegotiateProtocolVersion,
@@ -79,19 +74,19 @@ const SERVER_INSPECT_STARTUP = table([
   BE.ReadyForQuery,
 ]);
 /** Steady state: only errors, to know whether the server said goodbye before closing. */
-const SERVER_INSPECT_ACTIVE = table([BE.ErrorResponse]);
-const CLIENT_INSPECT = table([FE.Terminate]);
+const SERVER_INSPECT_ACTIVE = typeTable([BE.ErrorResponse]);
+const CLIENT_INSPECT = typeTable([FE.Terminate]);
 /** While relaying auth: SASLInitialResponse too (to catch a channel-binding downgrade the server would refuse). */
-const CLIENT_INSPECT_RELAY = table([FE.Terminate, FE.Password]);
+const CLIENT_INSPECT_RELAY = typeTable([FE.Terminate, FE.Password]);
 /** While Postern authenticates: every client message (only 'p' and 'X' are legal). */
 const CLIENT_INSPECT_ALL = VALID_FRONTEND;
 const GS2_CLIENT_SUPPORTS_CB = 0x79; // 'y'
 /** Pooled sessions: errors, ReadyForQuery (release point) and ParameterStatus (session state to carry across servers). */
-const SERVER_INSPECT_POOLED = table([BE.ErrorResponse, BE.ReadyForQuery, BE.ParameterStatus]);
-/** While Postern's own injected statements run: everything, to swallow their responses. */
-const SERVER_INSPECT_ALL = table(Array.from({ length: 256 }, (_, i) => i));
+const SERVER_INSPECT_POOLED = typeTable([BE.ErrorResponse, BE.ReadyForQuery, BE.ParameterStatus]);
+/** While Postern's own injected statements run: every type a server may send, to swallow their responses. */
+const SERVER_INSPECT_ALL = VALID_BACKEND;
 /** Client frames that each earn exactly one ReadyForQuery: counted, not inspected. */
-const CLIENT_COUNT = table([FE.Query, FE.Sync, FE.FunctionCall]);
+const CLIENT_COUNT = typeTable([FE.Query, FE.Sync, FE.FunctionCall]);
 /** Startup parameters that are not settings to carry to pooled servers. */
 const NOT_SETTINGS: ReadonlySet<string> = new Set(['user', 'database', 'replication', 'options']);
 const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
@@ -105,7 +100,7 @@ function union(a: Uint8Array, b: Uint8Array): Uint8Array {
 const CLIENT_INSPECT_PREPARED = union(CLIENT_INSPECT, PREPARED_CLIENT_INSPECT);
 const SERVER_INSPECT_PREPARED = union(SERVER_INSPECT_POOLED, PREPARED_SERVER_INSPECT);
 /** Transaction/statement mode: statement texts are read for session features (docs/transaction-mode.md). */
-const CLIENT_INSPECT_STATEMENTS = union(CLIENT_INSPECT, table([FE.Query, FE.Parse]));
+const CLIENT_INSPECT_STATEMENTS = union(CLIENT_INSPECT, typeTable([FE.Query, FE.Parse]));
 
 /** `-c name=value` / `--name=value` pairs of a startup `options` string. */
 function parseOptions(options: string): Array<[string, string]> {

@@ -90,13 +90,17 @@ export const TX = {
   Failed: 0x45, // 'E'
 } as const;
 
-function table(codes: readonly number[]): Uint8Array {
+/**
+ * A 256-entry table with 1 for each listed message type: the shape the framer
+ * uses to decide per type byte (valid, inspected, counted) with one index.
+ */
+export function typeTable(codes: readonly number[]): Uint8Array {
   const t = new Uint8Array(256);
   for (const c of codes) t[c] = 1;
   return t;
 }
 
 /** 1 for every message type a client may legally send after startup. */
-export const VALID_FRONTEND = table(Object.values(FE));
+export const VALID_FRONTEND = typeTable(Object.values(FE));
 /** 1 for every message type a server may legally send. */
-export const VALID_BACKEND = table(Object.values(BE));
+export const VALID_BACKEND = typeTable(Object.values(BE));
