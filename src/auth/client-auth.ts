@@ -13,7 +13,7 @@
 // same step with the same error, so user names cannot be probed.
 
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { decodeSaslMechanisms, encodeAuth, encodeAuthSasl } from '../protocol/backend.ts';
+import { encodeAuth, encodeAuthSasl } from '../protocol/backend.ts';
 import { AUTH } from '../protocol/codes.ts';
 import { Reader } from '../protocol/reader.ts';
 import { md5Check, md5Salt, md5Verifier } from './md5.ts';
@@ -43,6 +43,9 @@ export class ClientAuthExchange {
   #kind: 'scram' | 'md5' | 'password';
   #verifier: ScramVerifier | null = null;
   #done = false;
+  #sawInitial = false;
+  #mech = '';
+  #finalMessage: Buffer | null = null;
 
   constructor(o: ClientAuthOptions) {
     this.#o = o;
@@ -115,10 +118,6 @@ export class ClientAuthExchange {
     return { kind: 'ok', mechanism: this.#mech, scramKeys: { clientKey: res.clientKey, serverKey: v.serverKey } };
   }
 
-  #sawInitial = false;
-  #mech = '';
-  #finalMessage: Buffer | null = null;
-
   /** AuthenticationSASLFinal to send before AuthenticationOk (SCRAM only). */
   get finalMessage(): Buffer | null {
     return this.#finalMessage;
@@ -158,6 +157,3 @@ export class ClientAuthExchange {
     return md5Check(stored, this.#o.user, salt, given) ? { kind: 'ok', mechanism: 'md5' } : { kind: 'fail', reason: 'wrong password' };
   }
 }
-
-/** Mechanism names in an AuthenticationSASL body, re-exported for tests. */
-export { decodeSaslMechanisms };

@@ -228,7 +228,6 @@ export class ServerConn implements FrameSink {
     return new Promise((resolve, reject) => {
       const rows: Array<Array<string | null>> = [];
       let error: ServerLoginError | null = null;
-      const prevInspect = ALL_BACKEND;
       const conn = this;
       const link: ServerLink = {
         onServerRun() {},
@@ -259,7 +258,7 @@ export class ServerConn implements FrameSink {
         },
         onServerDrain() {},
       };
-      this.attach(link, prevInspect);
+      this.attach(link, ALL_BACKEND);
       const w = [encodeParse('', sql), encodeBind('', '', params), encodeExecute('', 0), SYNC];
       this.#socket?.write(Buffer.concat(w));
     });
@@ -275,10 +274,6 @@ export class ServerConn implements FrameSink {
   detach(): void {
     this.#link = null;
     this.lastUsedAt = Date.now();
-  }
-
-  get linked(): ServerLink | null {
-    return this.#link;
   }
 
   get atBoundary(): boolean {

@@ -100,10 +100,6 @@ export class Context {
     return this.#nextId++;
   }
 
-  serverTls(database: string): ServerTlsOptions | undefined {
-    return this.#serverTls.get(database);
-  }
-
   /** A fresh (pid, key) pair unique among live sessions. Key length 4 for protocol 3.0, 32 for 3.2. */
   issueCancelKey(keyLength: number): { pid: number; key: Buffer } {
     for (;;) {

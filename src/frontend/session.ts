@@ -164,7 +164,6 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #authBusy = false;
   /** How the client was authenticated: an hba method name, for logs and counters. */
   authMethod = '';
-  #closing = false;
   /** Pooling: the pool this client draws from (null: dedicated/relayed server). */
   #pool: Pool | null = null;
   #poolMode: PoolMode = 'session';
@@ -1300,7 +1299,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #onServerClose(): void {
     const server = this.#server;
-    if (this.#state === STATE.Closed || this.#closing || server === null) return;
+    if (this.#state === STATE.Closed || server === null) return;
     this.#server = null;
     if (this.#serverSaidFatal) {
       this.#close();
@@ -1333,7 +1332,6 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** Graceful close: flush what is queued, tell the server goodbye. */
   #close(): void {
     if (this.#state === STATE.Closed) return;
-    this.#closing = true;
     this.#setState(STATE.Closed);
     this.#clearLoginTimer();
     upgrading.delete(this.#raw);
