@@ -172,27 +172,35 @@ export class ServerConn implements FrameSink {
     return this.#closed;
   }
 
-  /** Connects and logs in; resolves at the first ReadyForQuery. */
-  async login(secret: ServerSecret, params: Iterable<[string, string]>, maxMessage: number): Promise<void> {
+  /**
+   * TCP (and TLS per the target), then the framer and socket handlers wired to
+   * this connection. The socket stays paused: the caller writes its startup
+   * and resumes, so nothing arrives before it is ready for it.
+   */
+  async #transport(inspect: Uint8Array, maxMessage: number): Promise<net.Socket> {
     const t = this.target;
     const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout);
-    this.#socket = transport.socket;
-    this.tls = transport.tls;
     const socket = transport.socket;
-    this.#stream = new MessageStream(this, ALL_BACKEND, ALL_BACKEND, maxMessage);
+    this.#socket = socket;
+    this.tls = transport.tls;
+    this.#stream = new MessageStream(this, ALL_BACKEND, inspect, maxMessage);
+    socket.on('data', (chunk: Buffer) => this.#stream?.push(chunk));
+    socket.on('error', (err: Error) => this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'));
+    socket.on('close', () => this.#onClose());
+    socket.on('drain', () => this.#link?.onServerDrain());
+    return socket;
+  }
+
+  /** Connects and logs in; resolves at the first ReadyForQuery. */
+  async login(secret: ServerSecret, params: Iterable<[string, string]>, maxMessage: number): Promise<void> {
     const startup: [string, string][] = [
       ['user', this.user],
-      ['database', t.dbname],
+      ['database', this.target.dbname],
     ];
     for (const [k, v] of params) if (k !== 'user' && k !== 'database') startup.push([k, v]);
+    const socket = await this.#transport(ALL_BACKEND, maxMessage);
     await new Promise<void>((resolve, reject) => {
       this.#login = { secret, scram: null, resolve, reject };
-      socket.on('data', (chunk: Buffer) => this.#stream?.push(chunk));
-      socket.on('error', (err: Error) =>
-        this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'),
-      );
-      socket.on('close', () => this.#onClose());
-      socket.on('drain', () => this.#link?.onServerDrain());
       socket.write(encodeStartup(3 << 16, startup));
       socket.resume();
     });
@@ -204,17 +212,8 @@ export class ServerConn implements FrameSink {
    * exchange itself (auth passthrough). The session marks the login done.
    */
   async openRelay(startup: Buffer, link: ServerLink, inspect: Uint8Array, maxMessage: number): Promise<void> {
-    const t = this.target;
-    const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout);
-    this.#socket = transport.socket;
-    this.tls = transport.tls;
-    const socket = transport.socket;
-    this.#stream = new MessageStream(this, ALL_BACKEND, inspect, maxMessage);
+    const socket = await this.#transport(inspect, maxMessage);
     this.#link = link;
-    socket.on('data', (chunk: Buffer) => this.#stream?.push(chunk));
-    socket.on('error', (err: Error) => this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'));
-    socket.on('close', () => this.#onClose());
-    socket.on('drain', () => this.#link?.onServerDrain());
     socket.write(startup);
     socket.resume();
   }
