@@ -2,7 +2,7 @@
 // loggers, TLS servers, the cancel-key registry and the live session set.
 // Side channels (metrics, admin) read these same objects.
 
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes, randomInt, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type tls from 'node:tls';
 import { tlsServerEndPoint } from '../auth/scram.ts';
@@ -67,13 +67,8 @@ export class Context {
     this.throttle = new LoginThrottle({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
     for (const [name, db] of Object.entries(config.databases)) this.#serverTls.set(name, serverTlsOptions(db));
     if (clientTls !== null && config.tls.cert !== undefined) {
-      // The leaf is the first certificate of the (possibly chained) file.
-      const pem = readFileSync(config.tls.cert, 'utf8');
-      const first = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(pem)?.[0];
-      if (first) {
-        const der = Buffer.from(first.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
-        this.channelBinding = tlsServerEndPoint(der);
-      }
+      // X509Certificate reads the first certificate of a chain file: the leaf clients see.
+      this.channelBinding = tlsServerEndPoint(new X509Certificate(readFileSync(config.tls.cert)).raw);
     }
   }
 
