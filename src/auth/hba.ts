@@ -252,6 +252,17 @@ export function compileNameRegex(pattern: string, column: number): RegExp {
   }
 }
 
+/** A name field's literal value, or a `/pattern` regex (quoted or not, as in Postgres, so "/a,b" can hold a comma). */
+export type NameOrRegex =
+  | { readonly kind: 'name'; readonly name: string }
+  | { readonly kind: 'regex'; readonly pattern: string; readonly re: RegExp };
+
+export function nameOrRegex(t: AuthToken): NameOrRegex {
+  if (!t.value.startsWith('/')) return { kind: 'name', name: t.value };
+  const pattern = t.value.slice(1);
+  return { kind: 'regex', pattern, re: compileNameRegex(pattern, t.column) };
+}
+
 // ---------------------------------------------------------------- rules
 
 export const HBA_CONN_TYPES = ['local', 'host', 'hostssl', 'hostnossl', 'hostgssenc', 'hostnogssenc'] as const;
@@ -455,13 +466,7 @@ function parseDatabase(t: AuthToken): DatabaseMatcher {
       'Postern has no role membership data; list the databases or use a regular expression.',
     );
   }
-  // Regular expressions are recognised quoted or not, as in Postgres, so a
-  // pattern containing a comma can be written "/a,b".
-  if (t.value.startsWith('/')) {
-    const pattern = t.value.slice(1);
-    return { kind: 'regex', pattern, re: compileNameRegex(pattern, t.column) };
-  }
-  return { kind: 'name', name: t.value };
+  return nameOrRegex(t);
 }
 
 function parseUser(t: AuthToken): UserMatcher {
@@ -473,11 +478,7 @@ function parseUser(t: AuthToken): UserMatcher {
       'Postern has no role membership data; list the users or use a regular expression.',
     );
   }
-  if (t.value.startsWith('/')) {
-    const pattern = t.value.slice(1);
-    return { kind: 'regex', pattern, re: compileNameRegex(pattern, t.column) };
-  }
-  return { kind: 'name', name: t.value };
+  return nameOrRegex(t);
 }
 
 function parseMethod(t: AuthToken, connType: HbaConnType): HbaMethod {

@@ -7,7 +7,7 @@
 // "system user" is a name taken from the client's TLS certificate. As with
 // pg_hba.conf, callers must refuse the whole file when `errors` is not empty.
 
-import { type AuthFileError, type AuthToken, compileNameRegex, entryError, fail, rejectInclude, tokenizeAuthFile, tryLine } from './hba.ts';
+import { type AuthFileError, type AuthToken, entryError, fail, nameOrRegex, rejectInclude, tokenizeAuthFile, tryLine } from './hba.ts';
 
 export type IdentError = AuthFileError;
 
@@ -91,12 +91,7 @@ export function parseIdent(text: string, fileName: string): IdentParseResult {
 }
 
 function parseSystemUser(t: AuthToken): SystemUserMatcher {
-  // As in Postgres, a leading slash means a regex whether quoted or not.
-  if (t.value.startsWith('/')) {
-    const pattern = t.value.slice(1);
-    return { kind: 'regex', pattern, re: compileNameRegex(pattern, t.column) };
-  }
-  return { kind: 'name', name: t.value };
+  return nameOrRegex(t);
 }
 
 function parseDbUser(t: AuthToken): DbUserMatcher {
@@ -108,11 +103,7 @@ function parseDbUser(t: AuthToken): DbUserMatcher {
       'Postern has no role membership data; list the users or use a regular expression.',
     );
   }
-  if (t.value.startsWith('/')) {
-    const pattern = t.value.slice(1);
-    return { kind: 'regex', pattern, re: compileNameRegex(pattern, t.column) };
-  }
-  return { kind: 'name', name: t.value };
+  return nameOrRegex(t);
 }
 
 function captureGroups(re: RegExp): number {
