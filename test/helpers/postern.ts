@@ -2,7 +2,8 @@
 // runners for the real client binaries (psql, pgbench). Everything started
 // here is stopped by the caller's `after` hook or the returned close().
 
-import { execFile, spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, execFile, spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { validateConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/schema.ts';
@@ -116,4 +117,21 @@ export function logsWith(logs: string[], msg: string | RegExp): Array<Record<str
   return logs
     .map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((o) => (typeof msg === 'string' ? o.msg === msg : msg.test(String(o.msg))));
+}
+
+/** The built CLI (`npm test` builds dist/ first). */
+export const MAIN = join(process.cwd(), 'dist', 'main.js');
+
+/** Starts the built CLI with `args`; `out()` is everything it printed so far (stdout and stderr). */
+export function startCli(args: string[]): { child: ChildProcessWithoutNullStreams; out: () => string; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, out: () => out, exited };
 }

@@ -7,7 +7,6 @@
 // logging in with SCRAM at Postern. One TLS cluster (scram) for the file.
 
 import assert from 'node:assert/strict';
-import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,9 +16,8 @@ import postgres from 'postgres';
 import { formatVerifier, makeVerifier } from '../../src/auth/scram.ts';
 import { type CertSet, generateCerts } from '../../src/dev/certs.ts';
 import { freePort, type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
-import { logsWith, psql, type RunningPostern, run, startPostern, waitUntil } from '../helpers/postern.ts';
+import { logsWith, MAIN, psql, type RunningPostern, run, startCli, startPostern, waitUntil } from '../helpers/postern.ts';
 
-const MAIN = join(process.cwd(), 'dist', 'main.js');
 const PW = {
   lookup: 'lookup-pw-Hq4t',
   app: 'app-pw-Zr8w',
@@ -266,19 +264,6 @@ test('users-file rotation by reload(): new password works, old refused, open ses
   assert.equal(logsWith(p.logs, 'reload refused: authentication files are invalid').length, 1);
   assertLogin(await tryLogin(p.port, 'filerot', PW.file2), 'filerot', 'previous state kept after a refused reload');
 });
-
-function startCli(args: string[]): { child: ChildProcessWithoutNullStreams; out: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  child.stderr.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, out: () => out, exited };
-}
 
 function count(text: string, needle: string): number {
   return text.split(needle).length - 1;

@@ -4,7 +4,6 @@
 // them with FATAL 57P01 and exits 0.
 
 import assert from 'node:assert/strict';
-import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,25 +11,11 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { freePort, type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
-import { pgEnv, run, waitUntil } from '../helpers/postern.ts';
+import { MAIN, pgEnv, run, startCli, waitUntil } from '../helpers/postern.ts';
 
-const MAIN = join(process.cwd(), 'dist', 'main.js');
 const PASSWORD = 'cli-test-pw';
 let cluster: PgCluster;
 let dir: string;
-
-function startCli(args: string[]): { child: ChildProcessWithoutNullStreams; out: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  child.stderr.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, out: () => out, exited };
-}
 
 function refused(port: number): Promise<boolean> {
   return new Promise((resolve) => {
