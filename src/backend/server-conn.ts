@@ -335,7 +335,22 @@ export class ServerConn implements FrameSink {
   // ---- FrameSink: during login everything is inspected; afterwards, per attach().
 
   onRun(buf: Buffer, start: number, end: number): void {
-    this.#link?.onServerRun(buf, start, end);
+    if (this.#link === null) {
+      this.#unsolicited();
+      return;
+    }
+    this.#link.onServerRun(buf, start, end);
+  }
+
+  /**
+   * An idle server owes nothing, so anything it sends while no one is linked
+   * (a FATAL before it exits, a shutdown notice) means it is no longer clean:
+   * close it now, before a pool lends it to someone.
+   */
+  #unsolicited(): void {
+    if (this.#closed) return;
+    this.log.info({ user: this.user, database: this.target.dbname }, 'server sent data while idle; closing it');
+    this.destroy();
   }
 
   onMessage(type: number, buf: Buffer, start: number, end: number): void {
@@ -348,6 +363,10 @@ export class ServerConn implements FrameSink {
         this.destroy();
         l?.reject(e instanceof ServerLoginError ? e : new ServerLoginError('08P01', `server login failed: ${(e as Error).message}`));
       }
+      return;
+    }
+    if (this.#link === null) {
+      this.#unsolicited();
       return;
     }
     if (type === BE.ReadyForQuery) this.txStatus = buf[start + 5] as number;
