@@ -12,6 +12,11 @@
 //     through without being buffered);
 //   - complete frames whose type is marked in the inspect table, buffered
 //     (copied) only when they straddle chunks;
+//   - complete frames whose type is marked in the peek table, shown to the
+//     sink while they stay in their run (forwarded untouched): for
+//     bookkeeping such as statistics. A peeked frame that straddles chunks
+//     is assembled in a side copy and shown once whole, after its bytes went
+//     on;
 //   - a violation (unknown type byte, negative or oversize length), after
 //     which it stops.
 // The sink is an object with methods, not closures, so nothing is allocated
@@ -43,6 +48,12 @@ export interface FrameSink {
   onRun(buf: Buffer, start: number, end: number): void;
   /** One complete inspected frame, header included, at buf[start, end). */
   onMessage(type: number, buf: Buffer, start: number, end: number): void;
+  /**
+   * A complete frame of a peeked type, header included, at buf[start, end).
+   * It is forwarded in a run as well: the sink must only look, never forward.
+   * Required when a peek table is set.
+   */
+  onPeek?(type: number, buf: Buffer, start: number, end: number): void;
   /** The peer broke framing; the stream ignores all further input. */
   onViolation(kind: ViolationKind, detail: string): void;
 }
@@ -63,6 +74,11 @@ export class MessageStream {
   #dead = false;
   /** Types to count without inspecting (the frame stays in its run). */
   #count: Uint8Array | null = null;
+  /** Types shown to onPeek while staying in their run; null: none. */
+  #peek: Uint8Array | null = null;
+  /** A peeked frame straddling chunks, assembled while its bytes pass through. */
+  #peekBuf: Buffer | null = null;
+  #peekLen = 0;
   /** Frames of counted types whose header has been seen. */
   counted = 0;
   /** Every frame header seen while counting is on. */
@@ -95,6 +111,30 @@ export class MessageStream {
     }
   }
 
+  /** Show frames of the types marked in `table` to the sink's onPeek (null: stop peeking). Inspected types are not peeked. */
+  setPeek(table: Uint8Array | null): void {
+    if (table !== null && this.#sink.onPeek === undefined) throw new Error('a peek table needs a sink with onPeek');
+    this.#peek = table;
+  }
+
+  /** Starts the side copy of a peeked frame of `total` bytes (filled by #peekAdd). */
+  #peekStart(total: number): Buffer {
+    const b = Buffer.allocUnsafe(total);
+    this.#peekBuf = b;
+    this.#peekLen = 0;
+    return b;
+  }
+
+  #peekAdd(src: Buffer, from: number, to: number): void {
+    const b = this.#peekBuf as Buffer;
+    src.copy(b, this.#peekLen, from, to);
+    this.#peekLen += to - from;
+    if (this.#peekLen === b.length) {
+      this.#peekBuf = null;
+      (this.#sink.onPeek as NonNullable<FrameSink['onPeek']>)(b[0] as number, b, 0, b.length);
+    }
+  }
+
   /** Swap the inspect table (e.g. when a session leaves the startup phase). */
   setInspect(inspect: Uint8Array): void {
     this.#inspect = inspect;
@@ -122,7 +162,15 @@ export class MessageStream {
       off = n;
       if (this.#pass > 0) {
         this.#sink.onRun(chunk, 0, end);
+        if (this.#peekBuf !== null) this.#peekAdd(chunk, 0, end);
         return;
+      }
+      if (this.#peekBuf !== null) {
+        // The frame's last bytes go on with the run below; show it once they have.
+        this.#sink.onRun(chunk, 0, n);
+        runStart = n;
+        this.#peekAdd(chunk, 0, n);
+        if (this.#dead) return;
       }
     } else if (this.#hdrLen > 0) {
       const n = Math.min(5 - this.#hdrLen, end);
@@ -147,9 +195,23 @@ export class MessageStream {
         this.#pass = rest - n2;
         off += n2;
         runStart = n;
+        const peeked = this.#peek !== null && this.#peek[type] === 1;
         if (this.#pass > 0) {
           if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+          if (peeked) {
+            this.#hdr.copy(this.#peekStart(total), 0, 0, 5);
+            this.#peekLen = 5;
+            this.#peekAdd(chunk, runStart, off);
+          }
           return;
+        }
+        if (peeked) {
+          if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+          this.#hdr.copy(this.#peekStart(total), 0, 0, 5);
+          this.#peekLen = 5;
+          this.#peekAdd(chunk, runStart, off);
+          if (this.#dead) return;
+          runStart = off;
         }
       }
     }
@@ -201,11 +263,20 @@ export class MessageStream {
         this.#msgLen = end - off;
         return;
       }
+      const peek = this.#peek;
       if (end - off >= total) {
+        if (peek !== null && peek[type] === 1) {
+          (this.#sink.onPeek as NonNullable<FrameSink['onPeek']>)(type, chunk, off, off + total);
+          if (this.#dead) return;
+        }
         off += total;
         continue;
       }
       this.#pass = total - (end - off);
+      if (peek !== null && peek[type] === 1) {
+        this.#peekStart(total);
+        this.#peekAdd(chunk, off, end);
+      }
       off = end;
     }
     if (off > runStart) this.#sink.onRun(chunk, runStart, off);
@@ -215,6 +286,7 @@ export class MessageStream {
   kill(): void {
     this.#dead = true;
     this.#msg = null;
+    this.#peekBuf = null;
   }
 
   /** Validates a header; returns the frame's total size or -1 after reporting a violation. */
@@ -237,6 +309,7 @@ export class MessageStream {
   #fail(kind: ViolationKind, detail: string): void {
     this.#dead = true;
     this.#msg = null;
+    this.#peekBuf = null;
     this.#sink.onViolation(kind, detail);
   }
 }

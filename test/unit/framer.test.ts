@@ -461,3 +461,95 @@ describe('MessageStream: setInspect and kill', () => {
     assert.deepEqual(rec.violations(), []);
   });
 });
+
+// ---------------------------------------------------------------- MessageStream: peek
+
+/** Records peeks apart from runs and messages; checks a peeked frame's bytes already went on in a run (or go on in this chunk's run). */
+class PeekRecorder extends Recorder {
+  peeks: Buffer[] = [];
+  onPeek(type: number, buf: Buffer, start: number, end: number): void {
+    assert.ok(0 <= start && start + 5 <= end && end <= buf.length, `peek [${start}, ${end}) inside a buffer of ${buf.length}`);
+    assert.equal(buf[start], type, 'type argument matches the frame');
+    assert.equal(buf.readInt32BE(start + 1), end - start - 1, 'exactly one complete frame');
+    this.peeks.push(Buffer.from(buf.subarray(start, end)));
+  }
+}
+
+describe('MessageStream: peek', () => {
+  const frames = smallFrames();
+  const input = Buffer.concat(frames);
+  // 'C' and 'D' are forwarded frames; 'Z' is inspected, so peeking it changes nothing.
+  const PEEK = table('C', 'D', 'Z');
+  const expectedPeeks = frames.filter((f) => PEEK[f[0] as number] === 1 && INSPECT[f[0] as number] !== 1);
+
+  function feed(chunks: Buffer[]): { stream: MessageStream; rec: PeekRecorder } {
+    const rec = new PeekRecorder(INSPECT);
+    const stream = new MessageStream(rec, VALID_BACKEND, INSPECT, 1 << 30);
+    stream.setPeek(PEEK);
+    for (const c of chunks) stream.push(c);
+    return { stream, rec };
+  }
+
+  it('peeked frames stay in their runs: one run for the whole forwarded block', () => {
+    const { rec } = feed([Buffer.from(input)]);
+    assert.ok(rec.bytes().equals(input));
+    assert.equal(rec.events.filter((e) => e.ev === 'run').length, 1);
+    assert.deepEqual(rec.peeks, expectedPeeks);
+    assert.deepEqual(rec.messages(), inspected(frames, INSPECT), 'inspected frames are not peeked');
+  });
+
+  it('every two- and three-chunk split: each peeked frame shown once, whole, and every byte forwarded once', () => {
+    for (let i = 0; i <= input.length; i++) {
+      for (let j = i; j <= input.length; j += 5) {
+        const { stream, rec } = feed(cut(input, [i, j]));
+        assert.ok(rec.bytes().equals(input), `split ${i}/${j}: bytes reproduced`);
+        assert.deepEqual(rec.peeks, expectedPeeks, `split ${i}/${j}: peeks`);
+        assert.deepEqual(rec.messages(), inspected(frames, INSPECT), `split ${i}/${j}: messages`);
+        assert.equal(stream.atBoundary, true);
+      }
+    }
+  });
+
+  it('one byte at a time', () => {
+    const { rec } = feed([...input].map((b) => Buffer.from([b])));
+    assert.ok(rec.bytes().equals(input));
+    assert.deepEqual(rec.peeks, expectedPeeks);
+  });
+
+  it('a straddling peeked frame is shown after its last bytes were forwarded', () => {
+    const c = frame('C', kv('SELECT 12345'));
+    const rec = new PeekRecorder(table());
+    const order: string[] = [];
+    const stream = new MessageStream(
+      {
+        onRun: (b, s, e) => {
+          rec.onRun(b, s, e);
+          order.push(`run:${e - s}`);
+        },
+        onMessage: (t, b, s, e) => rec.onMessage(t, b, s, e),
+        onPeek: (t, b, s, e) => {
+          rec.onPeek(t, b, s, e);
+          order.push(`peek:${e - s}`);
+        },
+        onViolation: (k, d) => rec.onViolation(k, d),
+      },
+      VALID_BACKEND,
+      table(),
+      1 << 30,
+    );
+    stream.setPeek(table('C'));
+    stream.push(c.subarray(0, 7));
+    stream.push(c.subarray(7));
+    assert.deepEqual(rec.peeks, [c]);
+    assert.deepEqual(order, ['run:7', `run:${c.length - 7}`, `peek:${c.length}`]);
+  });
+
+  it('setPeek(null) stops peeking; a peek table needs a sink with onPeek', () => {
+    const { stream, rec } = feed([]);
+    stream.setPeek(null);
+    stream.push(Buffer.from(input));
+    assert.deepEqual(rec.peeks, []);
+    const plain = makeStream(INSPECT).stream;
+    assert.throws(() => plain.setPeek(PEEK), /onPeek/);
+  });
+});
