@@ -1,0 +1,212 @@
+// Query shapes: a statement text reduced to what stays the same between its
+// executions. Owns the normalized text (constants replaced by $n), the
+// fingerprint that groups equivalent texts, and the cache that keeps the real
+// PostgreSQL parser (libpg-query, WebAssembly) off the path of repeated shapes.
+//
+// Two rules drive the design:
+//   - Cost. Simple-protocol clients send literals inline, so no two texts are
+//     alike and a cache keyed by raw text would miss every time. The cache is
+//     keyed by the text's tokens with every constant masked (our own lexer,
+//     linear and allocation-light), and the parser runs once per such key.
+//   - Privacy. The normalized text feeds logs and the audit trail, so it must
+//     hold no literal value. libpg-query's normalize keeps comments and leaves
+//     literals in places pg_stat_statements never jumbles (COMMENT ON, column
+//     DEFAULTs, COPY file names, PREPARE bodies, ALTER SYSTEM ...), so its
+//     output is re-tokenized: comments dropped, whitespace collapsed, and every
+//     string or number left replaced by a further $n.
+//
+// describe() never throws: text the parser rejects (or one too long to parse
+// at a bounded cost) still gets a shape, from the lexer alone, marked
+// parsed=false.
+
+import { createHash } from 'node:crypto';
+import { fingerprintSync, loadModule, normalizeSync } from 'libpg-query';
+import { Lexer, TOKEN } from '../sql/lexer.ts';
+
+export interface ShapeId {
+  /** 16 lower-case hex digits: libpg-query's fingerprint, or a hash of the lexer-normalized text when not parsed. */
+  fingerprint: string;
+  /** The text with every constant replaced by $n, comments removed and whitespace collapsed. */
+  normalized: string;
+  /** True when the PostgreSQL parser produced the shape; false for the lexer-only fallback. */
+  parsed: boolean;
+}
+
+export interface NormalizerOptions {
+  /** Most cached shapes (least recently used evicted first); 0 disables the cache. Default 10,000. */
+  cacheSize?: number;
+}
+
+const DEFAULT_CACHE_SIZE = 10_000;
+
+/**
+ * Longer texts are never given to the parser nor cached: libpg-query's cost
+ * grows with the text and its constants (a 100 kB INSERT ... VALUES list
+ * takes 30 to 120 ms), and that time is taken from the event loop that forwards
+ * traffic. The lexer fallback is linear, and the key of such a text would pin
+ * as much memory as the text itself.
+ */
+export const MAX_PARSE_CHARS = 100_000;
+
+/**
+ * Total characters of cached keys and normalized texts. The entry cap alone
+ * would let 10,000 long statements pin gigabytes; this keeps the cache to tens
+ * of megabytes whatever the statements look like.
+ */
+const CACHE_BUDGET_CHARS = 16 * 1024 * 1024;
+
+const FINGERPRINT = /^[0-9a-f]{16}$/;
+
+// Masks in cache keys. A query text cannot hold NUL (wire strings are
+// NUL-terminated, and describe() parses no text containing one), so these
+// never collide with text copied from the source. A constant and a $n
+// parameter get different keys, and so does a lexical error: a text PostgreSQL
+// rejects never shares a cache entry with one it accepts.
+const KEY_CONSTANT = '\u0000';
+const KEY_ERROR = '\u0000!';
+
+/**
+ * The cache key of a text: its tokens as written, constants masked, any run of
+ * whitespace and comments between two tokens reduced to one space. Two texts
+ * with the same key differ only in constant values, whitespace and comments,
+ * none of which changes the fingerprint or the normalized text.
+ */
+function shapeKey(text: string): string {
+  const lexer = new Lexer(text);
+  let out = '';
+  let prevEnd = -1;
+  for (let t = lexer.next(); t !== null; t = lexer.next()) {
+    if (prevEnd >= 0 && t.start > prevEnd) out += ' ';
+    prevEnd = t.end;
+    if (t.kind === TOKEN.STRING || t.kind === TOKEN.NUMBER) out += KEY_CONSTANT;
+    else if (t.kind === TOKEN.ERROR) out += KEY_ERROR;
+    else out += text.slice(t.start, t.end);
+  }
+  return out;
+}
+
+/**
+ * The text rebuilt from its tokens: constants (and what the lexer could not
+ * read, which may hold one, e.g. an unterminated quote) become $n numbered
+ * after the highest $n already there; comments are dropped; whitespace
+ * between tokens becomes one space.
+ */
+export function lexerNormalize(text: string): string {
+  let maxParam = 0;
+  for (let lexer = new Lexer(text), t = lexer.next(); t !== null; t = lexer.next()) {
+    if (t.kind !== TOKEN.PARAM) continue;
+    const n = Number(t.value.slice(1));
+    if (n > maxParam) maxParam = n;
+  }
+  let next = maxParam + 1;
+  let out = '';
+  let prevEnd = -1;
+  // Length of `out` up to its last token that is not a ';': trailing
+  // terminators are not part of the shape (as in pg_stat_statements).
+  let keep = 0;
+  for (let lexer = new Lexer(text), t = lexer.next(); t !== null; t = lexer.next()) {
+    if (prevEnd >= 0 && t.start > prevEnd) out += ' ';
+    prevEnd = t.end;
+    if (t.kind === TOKEN.STRING || t.kind === TOKEN.NUMBER || t.kind === TOKEN.ERROR) out += `$${next++}`;
+    else out += text.slice(t.start, t.end);
+    if (!(t.kind === TOKEN.PUNCT && t.value === ';')) keep = out.length;
+  }
+  return out.slice(0, keep);
+}
+
+function hashFingerprint(normalized: string): string {
+  return createHash('sha1').update(normalized).digest('hex').slice(0, 16);
+}
+
+function fallback(text: string): ShapeId {
+  const normalized = lexerNormalize(text);
+  return Object.freeze({ fingerprint: hashFingerprint(normalized), normalized, parsed: false });
+}
+
+export class Normalizer {
+  // Least recently used first: a hit is deleted and set again.
+  readonly #cache = new Map<string, ShapeId>();
+  readonly #cacheSize: number;
+  #cachedChars = 0;
+  /** Lookups answered from the cache. */
+  hits = 0;
+  /** Lookups that had to build a shape (cache misses and texts too long to cache). */
+  misses = 0;
+
+  /** libpg-query must be loaded (loadNormalizer does it); until then every text takes the fallback. */
+  constructor(opts: NormalizerOptions = {}) {
+    const size = opts.cacheSize ?? DEFAULT_CACHE_SIZE;
+    this.#cacheSize = size >= 0 ? Math.floor(size) : DEFAULT_CACHE_SIZE;
+  }
+
+  /** Number of cached shapes. */
+  get cached(): number {
+    return this.#cache.size;
+  }
+
+  /** The shape of a statement text (which may hold several statements). Never throws. */
+  describe(text: string): ShapeId {
+    if (text.length > MAX_PARSE_CHARS) {
+      this.misses++;
+      return fallback(text);
+    }
+    const key = shapeKey(text);
+    const cache = this.#cache;
+    const hit = cache.get(key);
+    if (hit !== undefined) {
+      this.hits++;
+      cache.delete(key);
+      cache.set(key, hit);
+      return hit;
+    }
+    this.misses++;
+    const shape = this.#build(text, key);
+    if (this.#cacheSize > 0) {
+      cache.set(key, shape);
+      this.#cachedChars += key.length + shape.normalized.length;
+      this.#trim();
+    }
+    return shape;
+  }
+
+  /** Empties the cache. */
+  clear(): void {
+    this.#cache.clear();
+    this.#cachedChars = 0;
+  }
+
+  #build(text: string, key: string): ShapeId {
+    // No token at all: libpg-query answers "" with an error message instead
+    // of throwing. A NUL would end the text early inside the parser.
+    if (key === '' || text.includes('\u0000')) return fallback(text);
+    let normalized: string;
+    let fingerprint: string;
+    try {
+      normalized = normalizeSync(text);
+      fingerprint = fingerprintSync(text);
+    } catch {
+      return fallback(text);
+    }
+    // Some failures (e.g. "memory exhausted" on deep nesting) come back as
+    // the result string rather than as an exception.
+    if (typeof fingerprint !== 'string' || !FINGERPRINT.test(fingerprint) || typeof normalized !== 'string') return fallback(text);
+    return Object.freeze({ fingerprint, normalized: lexerNormalize(normalized), parsed: true });
+  }
+
+  #trim(): void {
+    const cache = this.#cache;
+    while (cache.size > this.#cacheSize || (this.#cachedChars > CACHE_BUDGET_CHARS && cache.size > 1)) {
+      const first = cache.entries().next();
+      if (first.done === true) break;
+      const [key, shape] = first.value;
+      cache.delete(key);
+      this.#cachedChars -= key.length + shape.normalized.length;
+    }
+  }
+}
+
+/** Loads the PostgreSQL parser (WebAssembly, once per process) and returns a Normalizer using it. */
+export async function loadNormalizer(opts?: NormalizerOptions): Promise<Normalizer> {
+  await loadModule();
+  return new Normalizer(opts);
+}

@@ -1,0 +1,373 @@
+// Per-session statement and cycle tracking from the frames the proxy forwards.
+// One QueryTracker per client session: it looks at client and server frames
+// (it never forwards or changes one) and reports each finished statement
+// (text, duration, rows, SQLSTATE) and each query / transaction cycle
+// (PgBouncer's query and xact times) to its sink.
+//
+// Protocol facts relied on (https://www.postgresql.org/docs/current/protocol-flow.html):
+//   - The server answers in order. Every Query, Sync and FunctionCall earns
+//     exactly one ReadyForQuery; each Execute ends with one CommandComplete,
+//     EmptyQueryResponse or PortalSuspended, unless an error ends it first.
+//   - After an error in the extended protocol the server discards messages up
+//     to the next Sync, so Executes still pending at that Sync's ReadyForQuery
+//     never ran and are dropped, not reported.
+// Hence one FIFO of what the server still owes: Execute records, Query
+// records (finished by their ReadyForQuery) and Sync/FunctionCall markers
+// (which bound a ReadyForQuery's reach).
+//
+// Message layouts: https://www.postgresql.org/docs/current/protocol-message-formats.html
+// Every read is bounded by the frame's end; a frame too short or missing a
+// terminator is ignored, never trusted and never thrown on.
+
+import { BE, FE, TX } from '../protocol/codes.ts';
+
+export interface TrackerSink {
+  /** A statement finished: its text (only when the tracker wants texts), duration in µs, rows from CommandComplete's tag, SQLSTATE of its error or null. */
+  onStatement(text: string, durationUs: number, rows: number, sqlstate: string | null): void;
+  /** A ReadyForQuery reached the client: one query cycle (µs since the first client frame after the previous ReadyForQuery) and, when that ReadyForQuery has status 'I' (idle), the transaction's duration in µs (from the first client frame after the last idle ReadyForQuery), else -1. */
+  onCycle(queryUs: number, xactUs: number): void;
+}
+
+// What a pending record stands for.
+const KIND = {
+  /** An Execute: finished by its CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse. */
+  Execute: 0,
+  /** A Query: rows summed over its CommandCompletes, finished by its ReadyForQuery. */
+  Query: 1,
+  /** A Sync or FunctionCall: the ReadyForQuery it earns drops the Executes queued before it. */
+  Sync: 2,
+} as const;
+type Kind = (typeof KIND)[keyof typeof KIND];
+
+/** A slot of the pending ring; slots are reused, not allocated per message. */
+class Pending {
+  kind: Kind = KIND.Sync;
+  text = '';
+  startedAt = 0;
+  rows = 0;
+  sqlstate: string | null = null;
+}
+
+/**
+ * Statement and portal names remembered, each. Clients that prepare without
+ * ever closing (some drivers name every statement) would otherwise grow the
+ * maps without end; the oldest names go first, and their Executes report ''.
+ */
+export const MAX_NAMES = 10_000;
+
+/**
+ * Pending records beyond which the queue is dropped. The server answers in
+ * order and backpressure stops a client that does not read, so a real queue
+ * stays near the pipeline depth; this only guards against the tracker being
+ * out of step (ReadyForQuery frames it was not shown).
+ */
+const MAX_PENDING = 1 << 18;
+
+const NUL = 0;
+const SPACE = 0x20;
+const DIGIT_0 = 0x30;
+const DIGIT_9 = 0x39;
+const FIELD_CODE = 0x43; // 'C': the SQLSTATE field of an ErrorResponse
+const CLOSE_STATEMENT = 0x53; // 'S'
+const CLOSE_PORTAL = 0x50; // 'P'
+/** Type byte + Int32 length. */
+const HEADER = 5;
+
+/** Index of the first NUL in buf[from, end), or -1. */
+function cstringEnd(buf: Buffer, from: number, end: number): number {
+  for (let i = from; i < end; i++) if (buf[i] === NUL) return i;
+  return -1;
+}
+
+/** Rows of a CommandComplete tag: its last space-separated integer ("INSERT 0 3" → 3); 0 when it ends in none ("BEGIN"). */
+function tagRows(buf: Buffer, start: number, end: number): number {
+  let tagEnd = cstringEnd(buf, start + HEADER, end);
+  if (tagEnd < 0) tagEnd = end;
+  let i = tagEnd;
+  while (i > start + HEADER && buf[i - 1]! >= DIGIT_0 && buf[i - 1]! <= DIGIT_9) i--;
+  if (i === tagEnd || i === start + HEADER || buf[i - 1] !== SPACE) return 0;
+  let n = 0;
+  for (let k = i; k < tagEnd; k++) n = n * 10 + (buf[k]! - DIGIT_0);
+  return n;
+}
+
+/** The SQLSTATE ('C' field) of an ErrorResponse; 'XX000' when it has none or the frame is malformed. */
+function errorCode(buf: Buffer, start: number, end: number): string {
+  let i = start + HEADER;
+  while (i < end) {
+    const field = buf[i]!;
+    if (field === NUL) break;
+    const valueEnd = cstringEnd(buf, i + 1, end);
+    if (valueEnd < 0) break;
+    // A SQLSTATE is five characters; a longer value is cut rather than copied whole.
+    if (field === FIELD_CODE && valueEnd > i + 1) return buf.toString('latin1', i + 1, Math.min(valueEnd, i + 6));
+    i = valueEnd + 1;
+  }
+  return 'XX000';
+}
+
+/** Remembers the latest text per name, oldest name dropped beyond MAX_NAMES. */
+function remember(map: Map<string, string>, name: string, text: string): void {
+  // Deleted first so a re-used name counts as the newest.
+  map.delete(name);
+  map.set(name, text);
+  if (map.size > MAX_NAMES) {
+    const oldest = map.keys().next();
+    if (oldest.done !== true) map.delete(oldest.value);
+  }
+}
+
+export class QueryTracker {
+  readonly #sink: TrackerSink;
+  readonly #wantsText: boolean | (() => boolean);
+  /** Statements reported so far (for the audit record). */
+  statements = 0;
+
+  // Text of each prepared statement and portal, by name (names decoded as
+  // latin1: a byte-exact key with no UTF-8 validation). The unnamed ones,
+  // by far the most used, live outside the maps.
+  #unnamedStatement = '';
+  readonly #statements = new Map<string, string>();
+  #unnamedPortal = '';
+  readonly #portals = new Map<string, string>();
+
+  // Ring of pending records: #count records from #head, capacity a power of two.
+  #ring: Pending[] = [new Pending(), new Pending(), new Pending(), new Pending()];
+  #head = 0;
+  #count = 0;
+
+  // Cycles. #cycleOpen: a client frame came since the last ReadyForQuery.
+  #cycleOpen = false;
+  #cycleStart = 0;
+  // #idle: the last ReadyForQuery said 'I' (or none came yet), so the next
+  // client frame starts a transaction; #xactOpen: one has started.
+  #idle = true;
+  #xactOpen = false;
+  #xactStart = 0;
+
+  /** wantsText: whether statement texts are needed (read per message when a function, so it may change). */
+  constructor(sink: TrackerSink, wantsText: boolean | (() => boolean)) {
+    this.#sink = sink;
+    this.#wantsText = wantsText;
+  }
+
+  #wants(): boolean {
+    const w = this.#wantsText;
+    return typeof w === 'boolean' ? w : w();
+  }
+
+  /** A whole client frame, header included, at buf[start, end). */
+  onClientFrame(type: number, buf: Buffer, start: number, end: number): void {
+    if (!(start >= 0 && end <= buf.length && end - start >= HEADER)) return;
+    let now = -1;
+    if (!this.#cycleOpen) {
+      now = performance.now();
+      this.#cycleOpen = true;
+      this.#cycleStart = now;
+      if (this.#idle && !this.#xactOpen) {
+        this.#xactOpen = true;
+        this.#xactStart = now;
+      }
+    }
+    switch (type) {
+      case FE.Query: {
+        // The string's terminator ends the frame: checked in O(1), so a
+        // tracker that wants no text never scans the query.
+        if (buf[end - 1] !== NUL) return;
+        let text = '';
+        if (this.#wants()) {
+          const textEnd = cstringEnd(buf, start + HEADER, end);
+          if (textEnd > start + HEADER) text = buf.toString('utf8', start + HEADER, textEnd);
+        }
+        this.#push(KIND.Query, text, now < 0 ? performance.now() : now);
+        return;
+      }
+      case FE.Parse:
+        if (this.#wants()) this.#parse(buf, start, end);
+        return;
+      case FE.Bind:
+        if (this.#wants()) this.#bind(buf, start, end);
+        return;
+      case FE.Execute: {
+        const nameEnd = cstringEnd(buf, start + HEADER, end);
+        if (nameEnd < 0) return;
+        let text = '';
+        if (this.#wants()) {
+          text =
+            nameEnd === start + HEADER ? this.#unnamedPortal : (this.#portals.get(buf.toString('latin1', start + HEADER, nameEnd)) ?? '');
+        }
+        this.#push(KIND.Execute, text, now < 0 ? performance.now() : now);
+        return;
+      }
+      case FE.Sync:
+      case FE.FunctionCall:
+        this.#push(KIND.Sync, '', 0);
+        return;
+      case FE.Close:
+        this.#close(buf, start, end);
+        return;
+      default:
+      // Describe and the rest: only the start of a cycle.
+    }
+  }
+
+  /** A whole server frame, header included, at buf[start, end). */
+  onServerFrame(type: number, buf: Buffer, start: number, end: number): void {
+    if (!(start >= 0 && end <= buf.length && end - start >= HEADER)) return;
+    switch (type) {
+      case BE.CommandComplete:
+        this.#complete(this.#count > 0 ? tagRows(buf, start, end) : 0);
+        return;
+      case BE.EmptyQueryResponse:
+      case BE.PortalSuspended:
+        this.#complete(0);
+        return;
+      case BE.ErrorResponse:
+        this.#error(buf, start, end);
+        return;
+      case BE.ReadyForQuery:
+        if (end - start > HEADER) this.#ready(buf[start + HEADER]!);
+        return;
+      default:
+    }
+  }
+
+  /** Forgets pending executions and the current cycle (the session hands its server back). Statement names stay: they belong to the client. */
+  reset(): void {
+    this.#dropPending();
+    this.#unnamedPortal = '';
+    this.#portals.clear();
+    this.#cycleOpen = false;
+    this.#idle = true;
+    this.#xactOpen = false;
+  }
+
+  // Parse: statement name, query text, parameter types (not needed).
+  #parse(buf: Buffer, start: number, end: number): void {
+    const nameEnd = cstringEnd(buf, start + HEADER, end);
+    if (nameEnd < 0) return;
+    const textEnd = cstringEnd(buf, nameEnd + 1, end);
+    if (textEnd < 0) return;
+    const text = buf.toString('utf8', nameEnd + 1, textEnd);
+    if (nameEnd === start + HEADER) this.#unnamedStatement = text;
+    // A named Parse replaces what we had. (PostgreSQL refuses to redefine an
+    // existing name, 42P05, but it also never creates a name whose Parse
+    // failed; we see neither outcome, and this is right for the second.)
+    else remember(this.#statements, buf.toString('latin1', start + HEADER, nameEnd), text);
+  }
+
+  // Bind: portal name, statement name, then parameters (not needed).
+  #bind(buf: Buffer, start: number, end: number): void {
+    const portalEnd = cstringEnd(buf, start + HEADER, end);
+    if (portalEnd < 0) return;
+    const statementEnd = cstringEnd(buf, portalEnd + 1, end);
+    if (statementEnd < 0) return;
+    const text =
+      statementEnd === portalEnd + 1
+        ? this.#unnamedStatement
+        : (this.#statements.get(buf.toString('latin1', portalEnd + 1, statementEnd)) ?? '');
+    if (portalEnd === start + HEADER) this.#unnamedPortal = text;
+    else remember(this.#portals, buf.toString('latin1', start + HEADER, portalEnd), text);
+  }
+
+  // Close: 'S' or 'P', then the name.
+  #close(buf: Buffer, start: number, end: number): void {
+    if (end - start < HEADER + 2) return;
+    const what = buf[start + HEADER];
+    const nameEnd = cstringEnd(buf, start + HEADER + 1, end);
+    if (nameEnd < 0) return;
+    const unnamed = nameEnd === start + HEADER + 1;
+    if (what === CLOSE_STATEMENT) {
+      if (unnamed) this.#unnamedStatement = '';
+      else if (this.#statements.size > 0) this.#statements.delete(buf.toString('latin1', start + HEADER + 1, nameEnd));
+    } else if (what === CLOSE_PORTAL) {
+      if (unnamed) this.#unnamedPortal = '';
+      else if (this.#portals.size > 0) this.#portals.delete(buf.toString('latin1', start + HEADER + 1, nameEnd));
+    }
+  }
+
+  // CommandComplete, EmptyQueryResponse, PortalSuspended.
+  #complete(rows: number): void {
+    if (this.#count === 0) return;
+    const p = this.#ring[this.#head]!;
+    if (p.kind === KIND.Execute) {
+      this.#report(p.text, performance.now() - p.startedAt, rows, null);
+      this.#shift();
+    } else if (p.kind === KIND.Query) p.rows += rows;
+    // At a Sync marker: an answer to something we never saw start; ignored.
+  }
+
+  #error(buf: Buffer, start: number, end: number): void {
+    if (this.#count === 0) return;
+    const p = this.#ring[this.#head]!;
+    if (p.kind === KIND.Execute) {
+      // Also an error of a Parse or Bind before this Execute: the statement failed.
+      this.#report(p.text, performance.now() - p.startedAt, 0, errorCode(buf, start, end));
+      this.#shift();
+    } else if (p.kind === KIND.Query) {
+      // A Query stops at its first error; keep that one.
+      p.sqlstate ??= errorCode(buf, start, end);
+    }
+    // At a Sync marker (e.g. a failed Parse with no Execute): no statement to blame.
+  }
+
+  #ready(status: number): void {
+    const now = performance.now();
+    // Drop the Executes this ReadyForQuery's Sync skipped; finish its Query.
+    while (this.#count > 0) {
+      const p = this.#ring[this.#head]!;
+      const kind = p.kind;
+      if (kind === KIND.Query) this.#report(p.text, now - p.startedAt, p.rows, p.sqlstate);
+      this.#shift();
+      if (kind !== KIND.Execute) break;
+    }
+    const queryUs = this.#cycleOpen ? (now - this.#cycleStart) * 1000 : 0;
+    let xactUs = -1;
+    this.#idle = status === TX.Idle;
+    if (this.#idle) {
+      xactUs = this.#xactOpen ? (now - this.#xactStart) * 1000 : 0;
+      this.#xactOpen = false;
+    }
+    this.#cycleOpen = false;
+    this.#sink.onCycle(queryUs, xactUs);
+  }
+
+  #report(text: string, durationMs: number, rows: number, sqlstate: string | null): void {
+    this.statements++;
+    this.#sink.onStatement(text, durationMs * 1000, rows, sqlstate);
+  }
+
+  #push(kind: Kind, text: string, startedAt: number): void {
+    if (this.#count >= MAX_PENDING) this.#dropPending();
+    if (this.#count === this.#ring.length) this.#grow();
+    const p = this.#ring[(this.#head + this.#count) & (this.#ring.length - 1)]!;
+    p.kind = kind;
+    p.text = text;
+    p.startedAt = startedAt;
+    p.rows = 0;
+    p.sqlstate = null;
+    this.#count++;
+  }
+
+  #dropPending(): void {
+    while (this.#count > 0) this.#shift();
+    this.#head = 0;
+  }
+
+  #shift(): void {
+    const p = this.#ring[this.#head]!;
+    // Release the text now rather than when the slot is reused.
+    p.text = '';
+    this.#head = (this.#head + 1) & (this.#ring.length - 1);
+    this.#count--;
+  }
+
+  #grow(): void {
+    const old = this.#ring;
+    const ring: Pending[] = new Array(old.length * 2);
+    for (let i = 0; i < old.length; i++) ring[i] = old[(this.#head + i) & (old.length - 1)]!;
+    for (let i = old.length; i < ring.length; i++) ring[i] = new Pending();
+    this.#ring = ring;
+    this.#head = 0;
+  }
+}
