@@ -95,9 +95,11 @@ async function main(argv: string[]): Promise<number> {
         console.log(`postern: ${values.config}: OK (${Object.keys(loaded.config.databases).length} database(s))`);
         return 0;
       }
-      const postern = new Postern(loaded.config);
+      const postern = new Postern(loaded.config, { configFile: values.config });
       await postern.listen();
       await new Promise<void>((resolve) => {
+        // SHUTDOWN from the admin console ends the process as SIGTERM does.
+        postern.stopped.then(resolve, resolve);
         const stop = (sig: string) => {
           postern.log.info({ signal: sig }, 'shutting down');
           postern.shutdown().then(resolve, resolve);

@@ -4,17 +4,25 @@
 
 import net from 'node:net';
 import type tls from 'node:tls';
+import { collect } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
 import { loadConfigFile } from './config/load.ts';
-import type { Config, DatabaseConfig } from './config/schema.ts';
+import { type Config, type DatabaseConfig, SETTINGS } from './config/schema.ts';
 import { Context } from './frontend/context.ts';
 import { ClientSession, upgrading } from './frontend/session.ts';
+import { AdminHttp } from './metrics/http.ts';
+import { MetricsRegistry } from './metrics/registry.ts';
+import { AuditLog } from './observability/audit.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { SQLSTATE } from './protocol/sqlstate.ts';
+import { loadNormalizer } from './stats/normalize.ts';
+import type { StatementRecord } from './stats/registry.ts';
 import { clientTlsConfigured, createClientTlsServer } from './tls/contexts.ts';
 
 export interface PosternOptions {
   logger?: Logger;
+  /** The config file, for RELOAD from the admin console (SIGHUP passes it itself). */
+  configFile?: string;
 }
 
 export interface Address {
@@ -35,6 +43,15 @@ export class Postern {
   #sockets = new Set<net.Socket>();
   /** The janitor: one coarse tick for every pool (wait timeouts, idle and lifetime limits, min_pool_size). */
   #janitor: NodeJS.Timeout;
+  #configFile: string | undefined;
+  #http: AdminHttp | null = null;
+  /** Bound port of the admin HTTP listener (admin.listen); null when there is none. */
+  adminPort: number | null = null;
+  #stopped!: () => void;
+  /** Resolves once shutdown() has finished (SIGTERM, or SHUTDOWN from the admin console). */
+  readonly stopped = new Promise<void>((r) => {
+    this.#stopped = r;
+  });
 
   constructor(config: Config, opts: PosternOptions = {}) {
     const log = opts.logger ?? createLogger(config.log.level);
@@ -44,10 +61,20 @@ export class Postern {
       throw new Error(`invalid authentication files:\n${auth.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`);
     }
     this.ctx = new Context(config, log, clientTls, auth.state);
+    this.#configFile = opts.configFile;
+    this.ctx.control = {
+      reload: () => this.reload(this.#configFile),
+      set: (key, value) => this.set(key, value),
+      // PgBouncer's SHUTDOWN is immediate: sessions get FATAL 57P01 at once.
+      shutdown: () => void this.shutdown(0),
+    };
+    if (config.audit.file !== undefined) this.ctx.audit = new AuditLog(config.audit.file, config.audit.statements);
+    this.ctx.stats.onStatement(this.#onStatement);
     this.#janitor = setInterval(() => {
       const now = Date.now();
       this.ctx.pools.tick(now);
       for (const s of this.ctx.sessions) s.tick(now);
+      this.ctx.stats.tick(now);
     }, 1000);
     this.#janitor.unref();
     if (clientTls !== null) {
@@ -70,8 +97,61 @@ export class Postern {
     return this.ctx.log;
   }
 
+  /** Normalized statements for log.queries and audit.statements; never literal values. */
+  #onStatement = (r: StatementRecord): void => {
+    const cfg = this.ctx.config;
+    if (cfg.log.queries) {
+      this.log.info(
+        {
+          client: r.client,
+          database: r.database,
+          user: r.user,
+          application_name: r.application,
+          fingerprint: r.shape.fingerprint,
+          query: r.shape.normalized,
+          duration_us: Math.round(r.durationUs),
+          rows: r.rows,
+          sqlstate: r.sqlstate,
+        },
+        'query',
+      );
+    }
+    this.ctx.audit?.statement(r);
+  };
+
+  /** Statement texts are decoded only when something uses them. */
+  #applyStats(config: Config): void {
+    const stats = this.ctx.stats;
+    stats.configure(config.stats.queries, config.stats.max_queries);
+    stats.textListeners = config.log.queries || (this.ctx.audit !== null && config.audit.statements);
+    if (this.ctx.audit !== null) this.ctx.audit.statements = config.audit.statements;
+  }
+
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
-  listen(): Promise<Address> {
+  async listen(): Promise<Address> {
+    const cfg = this.ctx.config;
+    if (cfg.stats.queries || cfg.log.queries || cfg.audit.statements) {
+      // The real PostgreSQL parser (WASM) loads once, before the first client.
+      this.ctx.stats.normalizer = await loadNormalizer();
+    }
+    this.#applyStats(cfg);
+    if (cfg.admin.listen !== undefined) {
+      const metrics = new MetricsRegistry(() => (this.ctx.snapshots !== null ? this.ctx.snapshots() : Promise.resolve(collect(this.ctx))));
+      this.#http = new AdminHttp(
+        metrics,
+        {
+          listening: () => this.#listener?.listening === true && !this.ctx.shuttingDown,
+          servers: () => Object.entries(this.ctx.config.databases).map(([name, d]) => ({ name, host: d.host, port: d.port })),
+        },
+        this.log,
+      );
+      this.adminPort = await this.#http.listen(cfg.admin.listen);
+      this.log.info({ listen: cfg.admin.listen, port: this.adminPort }, 'admin http listening');
+    }
+    return this.#listenClients();
+  }
+
+  #listenClients(): Promise<Address> {
     const { host, port } = this.ctx.config.listen;
     const server = net.createServer({ noDelay: true }, (socket) => {
       if (this.ctx.shuttingDown) {
@@ -123,13 +203,59 @@ export class Postern {
       this.log.warn({ problems: auth.problems }, 'reload refused: authentication files are invalid');
       return auth.problems;
     }
-    this.ctx.config = config;
     this.ctx.auth = auth.state;
     this.ctx.lookupCache.clear();
+    this.#apply(config);
+    this.log.info({ users: auth.state.users.size, hbaRules: auth.state.hba?.length ?? null }, 'reloaded');
+    return [];
+  }
+
+  /** Makes `config` the running configuration: every reloadable setting takes effect. */
+  #apply(config: Config): void {
+    this.ctx.config = config;
     const a = config.auth;
     this.ctx.throttle.configure({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
     this.log.level = config.log.level;
-    this.log.info({ users: auth.state.users.size, hbaRules: auth.state.hba?.length ?? null }, 'reloaded');
+    if (this.ctx.stats.normalizer === null && (config.stats.queries || config.log.queries || config.audit.statements)) {
+      // Turned on at run time: statistics start once the parser has loaded.
+      loadNormalizer().then(
+        (n) => {
+          this.ctx.stats.normalizer = n;
+          this.#applyStats(this.ctx.config);
+        },
+        (e: Error) => this.log.error({ err: e.message }, 'cannot load the PostgreSQL parser; query statistics stay off'),
+      );
+    }
+    this.#applyStats(config);
+  }
+
+  /**
+   * SET key = value from the admin console: one reloadable setting, checked
+   * by its row of the settings table. Returns the problems (empty on success).
+   */
+  set(key: string, value: string): Array<{ path: string; message: string }> {
+    const row = SETTINGS.find((s) => s.key === key);
+    if (row === undefined || key.includes('*')) return [{ path: key, message: 'unknown setting' }];
+    if (!row.reloadable) return [{ path: key, message: 'cannot be changed while running: edit the config file and restart' }];
+    let raw: unknown = value;
+    if (row.kind === 'int') raw = /^-?\d+$/.test(value) ? Number(value) : value;
+    else if (row.kind === 'bool') {
+      const v = value.toLowerCase();
+      raw = ['on', 'true', 'yes', '1'].includes(v) ? true : ['off', 'false', 'no', '0'].includes(v) ? false : value;
+    }
+    const parsed = row.schema.safeParse(raw);
+    if (!parsed.success) return [{ path: key, message: parsed.error.issues.map((i) => i.message).join('; ') }];
+    const config = structuredClone(this.ctx.config);
+    const parts = key.split('.');
+    let obj = config as unknown as Record<string, unknown>;
+    for (const p of parts.slice(0, -1)) {
+      obj[p] ??= {};
+      obj = obj[p] as Record<string, unknown>;
+    }
+    obj[parts[parts.length - 1] as string] = parsed.data;
+    this.#apply(config);
+    // The value is not logged: the settings table decides what is secret.
+    this.log.info({ key, secret: row.secret === true }, 'setting changed from the admin console');
     return [];
   }
 
@@ -151,12 +277,15 @@ export class Postern {
     for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
     clearInterval(this.#janitor);
     this.ctx.pools.closeAll();
+    await this.#http?.close();
+    this.ctx.audit?.close();
     // Sessions were told goodbye; a peer that never closes its end must not hold the process.
     const grace = new Promise<void>((r) => setTimeout(r, 2000).unref());
     await Promise.race([closed, grace]);
     for (const sock of this.#sockets) sock.destroy();
     await closed;
     this.log.info('shut down');
+    this.#stopped();
   }
 
   /** Immediate close (tests): every session ends now. */

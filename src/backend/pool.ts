@@ -23,9 +23,16 @@ export interface PoolWaiter {
 
 export interface PoolCounts {
   cl_waiting: number;
+  /** Lent to a client. */
   sv_active: number;
+  /** Idle and usable at once. */
   sv_idle: number;
+  /** Idle for longer than server_check_delay: server_check_query runs before it is lent. */
   sv_used: number;
+  /** Running server_reset_query or server_check_query, or being cleaned after its client left. */
+  sv_tested: number;
+  /** Not lent again until the cancel requests sent for it have been delivered. */
+  sv_being_canceled: number;
   sv_login: number;
   maxwait_ms: number;
 }
@@ -37,6 +44,8 @@ export interface PoolHost {
   maxMessage(): number;
   /** Open connections of a database or server user, over all pools. */
   totals(): { byDatabase: Map<string, number>; byUser: Map<string, number> };
+  /** PAUSE / KILL from the admin console: lend nothing, open nothing. */
+  isPaused(database: string): boolean;
 }
 
 export class Pool {
@@ -73,13 +82,23 @@ export class Pool {
     return this.#idle.length + this.#active.size + this.#used.size + this.#opening;
   }
 
-  counts(now = Date.now()): PoolCounts {
+  /**
+   * PgBouncer's pool columns. `checkDelay` is server_check_delay when a
+   * server_check_query is set, else -1 (no idle connection needs a check).
+   */
+  counts(now = Date.now(), checkDelay = -1): PoolCounts {
     const first = this.#waiting[0];
+    let stale = 0;
+    if (checkDelay >= 0) for (const c of this.#idle) if (now - c.lastUsedAt > checkDelay) stale++;
+    let canceling = 0;
+    for (const c of this.#used) if (c.cancelsInFlight > 0) canceling++;
     return {
       cl_waiting: this.#waiting.length,
       sv_active: this.#active.size,
-      sv_idle: this.#idle.length,
-      sv_used: this.#used.size,
+      sv_idle: this.#idle.length - stale,
+      sv_used: stale,
+      sv_tested: this.#used.size - canceling,
+      sv_being_canceled: canceling,
       sv_login: this.#opening,
       maxwait_ms: first ? now - first.since : 0,
     };
@@ -89,6 +108,10 @@ export class Pool {
   acquire(w: PoolWaiter): ServerConn | null {
     const cfg = this.#host.poolConfig();
     const now = Date.now();
+    if (this.paused) {
+      this.#waiting.push({ w, since: now });
+      return null;
+    }
     while (this.#idle.length > 0) {
       const conn = this.#idle.pop() as ServerConn;
       if (conn.closed) continue;
@@ -136,9 +159,16 @@ export class Pool {
    */
   release(conn: ServerConn, reusable: boolean): void {
     this.#active.delete(conn);
+    conn.owner = null;
     conn.detach();
     const cfg = this.#host.poolConfig();
-    if (!reusable || conn.closed || conn.txStatus !== 0x49 /* I */ || Date.now() - conn.createdAt > cfg.server_lifetime) {
+    if (
+      !reusable ||
+      conn.closed ||
+      conn.closeNeeded ||
+      conn.txStatus !== 0x49 /* I */ ||
+      Date.now() - conn.createdAt > cfg.server_lifetime
+    ) {
       conn.close(reusable);
       this.#grow();
       return;
@@ -175,6 +205,7 @@ export class Pool {
    */
   reclaim(conn: ServerConn, owed: number): void {
     this.#active.delete(conn);
+    conn.owner = null;
     this.#used.add(conn);
     conn.state = SV.Used;
     let settled = false;
@@ -241,6 +272,12 @@ export class Pool {
       this.#grow();
       return;
     }
+    if (this.paused || conn.closeNeeded) {
+      // PAUSE disconnects from the server as connections come back (PgBouncer does the same).
+      conn.close();
+      if (!this.paused) this.#grow();
+      return;
+    }
     const next = this.#waiting.shift();
     if (next !== undefined) {
       this.waitTotalMs += Date.now() - next.since;
@@ -260,6 +297,7 @@ export class Pool {
    * reserve_pool_timeout.
    */
   #grow(now = Date.now()): void {
+    if (this.paused) return;
     const cfg = this.#host.poolConfig();
     const first = this.#waiting[0];
     const reserve =
@@ -322,10 +360,48 @@ export class Pool {
     }
     this.#idle = keep;
     const haveSecret = this.secret.password !== undefined || this.secret.scramKeys !== undefined || this.secret.md5 !== undefined;
-    if (haveSecret) {
+    if (haveSecret && !this.paused) {
       // min_pool_size: open spares without a waiter.
       while (this.total < Math.min(cfg.min_pool_size, this.size) && this.#globalRoom(cfg)) this.#open();
     }
+  }
+
+  get paused(): boolean {
+    return this.#host.isPaused(this.target.name);
+  }
+
+  /** After RESUME: lend idle connections to the clients that waited, open more if needed. */
+  kick(): void {
+    for (const conn of this.#idle.splice(0)) this.#handOut(conn);
+    this.#grow();
+  }
+
+  /** Closes the idle connections now (PAUSE, KILL, RECONNECT). */
+  closeIdle(): void {
+    for (const conn of this.#idle.splice(0)) conn.close();
+  }
+
+  /** RECONNECT: every connection is closed when it is next released; idle ones now. */
+  reconnect(): void {
+    for (const conn of this.connections()) conn.closeNeeded = true;
+    this.closeIdle();
+    this.#grow();
+  }
+
+  /** KILL: every server connection is closed now and every waiting client told so. */
+  kill(): void {
+    for (const conn of this.connections()) conn.destroy();
+    this.#idle = [];
+    this.#active.clear();
+    this.#used.clear();
+    for (const { w } of this.#waiting.splice(0)) w.onPoolError('57P01', 'terminating connection due to administrator command');
+  }
+
+  /** Connections not yet closed that RECONNECT marked (WAIT_CLOSE waits for none to be left). */
+  get closeNeeded(): number {
+    let n = 0;
+    for (const c of this.connections()) if (c.closeNeeded && !c.closed) n++;
+    return n;
   }
 
   /** Every connection of this pool, for totals and admin output. */
@@ -344,6 +420,10 @@ export class Pool {
 export class PoolRegistry implements PoolHost {
   readonly log: Logger;
   #pools = new Map<string, Pool>();
+  /** Paused databases; '*' pauses all. */
+  #paused = new Set<string>();
+  /** Databases that accept no new clients (DISABLE). */
+  #disabled = new Set<string>();
   #config: () => PoolConfig;
   #maxMessage: () => number;
 
@@ -371,6 +451,48 @@ export class PoolRegistry implements PoolHost {
     p.mode = mode;
     p.size = size;
     return p;
+  }
+
+  isPaused(database: string): boolean {
+    return this.#paused.size > 0 && (this.#paused.has('*') || this.#paused.has(database));
+  }
+
+  /** PAUSE [db]: lend and open nothing more for that database (null: all); idle connections close now, the rest as they come back. */
+  pause(database: string | null): void {
+    this.#paused.add(database ?? '*');
+    for (const p of this.#pools.values()) if (p.paused) p.closeIdle();
+  }
+
+  /** Open server connections of the paused pools: PAUSE completes when none is left. */
+  pausedOpen(database: string | null): number {
+    let n = 0;
+    for (const p of this.#pools.values()) if (database === null || p.target.name === database) n += p.total;
+    return n;
+  }
+
+  pausedNames(): string[] {
+    return [...this.#paused];
+  }
+
+  disabledNames(): string[] {
+    return [...this.#disabled];
+  }
+
+  /** RESUME [db]: clients that waited get their connections. */
+  resume(database: string | null): void {
+    if (database === null) this.#paused.clear();
+    else this.#paused.delete(database);
+    for (const p of this.#pools.values()) if (!p.paused) p.kick();
+  }
+
+  isDisabled(database: string): boolean {
+    return this.#disabled.has(database);
+  }
+
+  /** DISABLE / ENABLE db: refuse or accept new client connections. */
+  setDisabled(database: string, disabled: boolean): void {
+    if (disabled) this.#disabled.add(database);
+    else this.#disabled.delete(database);
   }
 
   all(): Pool[] {

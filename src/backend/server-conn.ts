@@ -85,6 +85,8 @@ export class ServerLoginError extends Error {
 export interface ServerLink {
   onServerRun(buf: Buffer, start: number, end: number): void;
   onServerMessage(type: number, buf: Buffer, start: number, end: number): void;
+  /** A frame of a peeked type (see attach): it is forwarded in a run as well; only look. */
+  onServerPeek?(type: number, buf: Buffer, start: number, end: number): void;
   onServerViolation(kind: ViolationKind, detail: string): void;
   onServerClosed(conn: ServerConn): void;
   onServerDrain(): void;
@@ -142,6 +144,10 @@ export class ServerConn implements FrameSink {
   readonly appliedSql = new Map<string, string>();
   /** Cancel requests sent for this connection and not yet delivered: it must not be lent to anyone else meanwhile. */
   cancelsInFlight = 0;
+  /** Id of the client session this connection serves now (admin output); null when idle. */
+  owner: number | null = null;
+  /** RECONNECT from the admin console: close it when its client gives it back instead of reusing it. */
+  closeNeeded = false;
   /** Protocol-level statements Postern prepared here (transaction mode); created by the first session that needs it. */
   statements: ServerStatements | null = null;
 
@@ -263,10 +269,14 @@ export class ServerConn implements FrameSink {
     });
   }
 
-  /** Routes the server's bytes to `link`, inspecting the types marked in `inspect`. */
-  attach(link: ServerLink, inspect: Uint8Array): void {
+  /**
+   * Routes the server's bytes to `link`, inspecting the types marked in
+   * `inspect` and showing those in `peek` to link.onServerPeek.
+   */
+  attach(link: ServerLink, inspect: Uint8Array, peek: Uint8Array | null = null): void {
     this.#link = link;
     this.#stream?.setInspect(inspect);
+    this.#stream?.setPeek(peek);
     this.lastUsedAt = Date.now();
   }
 
@@ -333,6 +343,10 @@ export class ServerConn implements FrameSink {
   }
 
   // ---- FrameSink: during login everything is inspected; afterwards, per attach().
+
+  onPeek(type: number, buf: Buffer, start: number, end: number): void {
+    this.#link?.onServerPeek?.(type, buf, start, end);
+  }
 
   onRun(buf: Buffer, start: number, end: number): void {
     if (this.#link === null) {

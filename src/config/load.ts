@@ -24,6 +24,9 @@ export class ConfigError extends Error {
   }
 }
 
+/** Virtual database names of the admin console. */
+export const ADMIN_DATABASES: ReadonlySet<string> = new Set(['postern', 'pgbouncer']);
+
 const PATH_KEYS = SETTINGS.filter((s) => s.kind === 'path').map((s) => s.key.split('.'));
 
 /** Validates an already-parsed object. `baseDir` anchors relative paths. */
@@ -109,7 +112,8 @@ function resolvePaths(obj: Record<string, unknown>, keyPath: string[], baseDir: 
   for (const k of targets) {
     if (rest.length === 0) {
       const v = obj[k];
-      if (typeof v === 'string' && !isAbsolute(v)) obj[k] = resolve(baseDir, v);
+      // 'stdout' names a stream, not a file (audit.file).
+      if (typeof v === 'string' && !isAbsolute(v) && v !== 'stdout') obj[k] = resolve(baseDir, v);
     } else {
       const child = obj[k];
       if (child && typeof child === 'object') resolvePaths(child as Record<string, unknown>, rest, baseDir);
@@ -151,6 +155,9 @@ function crossCheck(c: Config): ConfigProblem[] {
     problems.push({ path: 'databases', message: 'at least one database must be configured' });
   }
   for (const [name, db] of Object.entries(c.databases)) {
+    if (ADMIN_DATABASES.has(name)) {
+      problems.push({ path: `databases.${name}`, message: `"${name}" is reserved for the admin console` });
+    }
     const p = `databases.${name}.tls`;
     if ((db.tls.cert === undefined) !== (db.tls.key === undefined)) {
       problems.push({ path: `${p}.cert`, message: 'cert and key must be given together' });

@@ -12,7 +12,7 @@ export const TLS_SERVER_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'v
 export const POOL_MODES = ['session', 'transaction', 'statement'] as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-export type SettingKind = 'string' | 'path' | 'int' | 'bool' | 'enum' | 'duration' | 'size';
+export type SettingKind = 'string' | 'path' | 'int' | 'bool' | 'enum' | 'duration' | 'size' | 'list';
 
 export interface Setting {
   key: string;
@@ -28,6 +28,10 @@ export interface Setting {
 }
 
 const port = z.number().int().min(0).max(65535);
+/** A list of names: a YAML list, or one comma-separated string as in PgBouncer. */
+const nameList = z
+  .union([z.array(z.string().min(1)), z.string()])
+  .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((x) => x.trim()).filter((x) => x !== ''));
 const path = z.string().min(1);
 
 function row(key: string, kind: SettingKind, schema: z.ZodType, def: unknown, reloadable: boolean, doc: string): Setting {
@@ -351,6 +355,71 @@ export const SETTINGS: readonly Setting[] = [
     true,
     'Log level. Connection onboarding is logged at `debug`; steady state is quiet.',
   ),
+  row(
+    'log.queries',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    'Log every executed statement at `info` (PgBouncer-style `log_queries`): normalized text (constants replaced by `$n`), fingerprint, duration, rows and SQLSTATE. Literal values are never logged.',
+  ),
+
+  row(
+    'admin.listen',
+    'string',
+    z.string().regex(/^(\[[^\]]+\]|[^:]+):\d{1,5}$/, 'use host:port, e.g. 127.0.0.1:9187'),
+    undefined,
+    false,
+    'Address (`host:port`) of the admin HTTP listener: `/metrics` (Prometheus), `/healthz` (process up), `/readyz` (listening and a configured server reachable). Unset: no HTTP listener.',
+  ),
+  row(
+    'admin.users',
+    'list',
+    nameList,
+    [],
+    true,
+    'Users allowed into the admin console (virtual database `postern`, alias `pgbouncer`), like PgBouncer `admin_users`. They authenticate per the hba rules for that database name (SCRAM or MD5 with the users file when no hba file is set).',
+  ),
+  row(
+    'admin.stats_users',
+    'list',
+    nameList,
+    [],
+    true,
+    'Users allowed into the admin console for `SHOW` commands only, like PgBouncer `stats_users`.',
+  ),
+  row(
+    'stats.queries',
+    'bool',
+    z.boolean(),
+    true,
+    true,
+    'Per-query-shape statistics (`SHOW QUERIES`): each statement is normalized and fingerprinted by the real PostgreSQL parser (libpg-query), once per distinct shape, after its bytes were forwarded.',
+  ),
+  row(
+    'stats.max_queries',
+    'int',
+    z.number().int().min(1),
+    5000,
+    true,
+    'Most query shapes tracked, each per (fingerprint, database, user, application_name); beyond it the least used are evicted.',
+  ),
+  row(
+    'audit.file',
+    'path',
+    path,
+    undefined,
+    false,
+    'Audit log destination (JSON lines): a file path, or `stdout`. One record per session (who, from where, TLS, auth method and outcome, database, user, application_name, start, end, bytes, statements). Unset: no audit log.',
+  ),
+  row(
+    'audit.statements',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    'Also one audit record per executed statement (fingerprint, normalized text, duration, rows, SQLSTATE), never literal values.',
+  ),
 ];
 
 /** Settings whose key marks them secret, for redaction. */
@@ -459,5 +528,8 @@ export interface Config {
     throttle_delay: number;
   };
   limits: { max_message_size: number; client_login_timeout: number; server_connect_timeout: number; shutdown_timeout: number };
-  log: { level: (typeof LOG_LEVELS)[number] };
+  log: { level: (typeof LOG_LEVELS)[number]; queries: boolean };
+  admin: { listen?: string; users: string[]; stats_users: string[] };
+  stats: { queries: boolean; max_queries: number };
+  audit: { file?: string; statements: boolean };
 }

@@ -5,16 +5,59 @@
 import { randomBytes, randomInt, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type tls from 'node:tls';
+import type { Snapshot } from '../admin/snapshot.ts';
 import { tlsServerEndPoint } from '../auth/scram.ts';
 import type { StoredSecret } from '../auth/secrets.ts';
 import type { AuthState } from '../auth/store.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
 import { PoolRegistry } from '../backend/pool.ts';
 import { StatementCache } from '../backend/prepared.ts';
-import type { ServerTarget } from '../backend/server-conn.ts';
+import type { ServerConn, ServerTarget } from '../backend/server-conn.ts';
 import type { Config } from '../config/schema.ts';
+import type { AuditLog } from '../observability/audit.ts';
 import type { Logger } from '../observability/log.ts';
+import { Stats } from '../stats/registry.ts';
 import { type ServerTlsOptions, serverTlsOptions } from '../tls/contexts.ts';
+import { VERSION } from '../version.ts';
+
+/** A client as the admin console and metrics see it (PgBouncer's SHOW CLIENTS vocabulary). */
+export interface ClientInfo {
+  id: number;
+  /** login (negotiating, authenticating), waiting (for a server), active (logged in), closed. */
+  state: 'login' | 'waiting' | 'active' | 'closed';
+  database: string;
+  user: string;
+  addr: string;
+  port: number;
+  localAddr: string;
+  localPort: number;
+  connectTime: number;
+  requestTime: number;
+  /** performance.now() when it began waiting for a server; 0 when not waiting. */
+  waitingSince: number;
+  /** Postern's cancel pid for this client. */
+  pid: number | null;
+  tls: string;
+  applicationName: string;
+  poolKey: string | null;
+  admin: boolean;
+  pinned: string | null;
+  /** Named prepared statements the client has (tracked in transaction mode). */
+  preparedStatements: number;
+  server: ServerConn | null;
+  /** A passthrough session with its own server connection (no pool). */
+  relayed: boolean;
+}
+
+/** What the admin console may ask of the running instance. */
+export interface Control {
+  /** RELOAD: re-read the config file and auth files; the problems, empty on success. */
+  reload(): Array<{ path: string; message: string }>;
+  /** SET key = value for a reloadable setting; the problems, empty on success. */
+  set(key: string, value: string): Array<{ path: string; message: string }>;
+  /** SHUTDOWN. */
+  shutdown(): void;
+}
 
 /** What a session exposes to the rest of Postern. */
 export interface SessionHandle {
@@ -27,6 +70,8 @@ export interface SessionHandle {
   terminate(code: string, message: string): void;
   /** Janitor tick: coarse per-session deadlines (idle timeouts). */
   tick(now: number): void;
+  /** State for admin output and metrics. */
+  info(): ClientInfo;
 }
 
 export class Context {
@@ -52,6 +97,16 @@ export class Context {
   readonly pins = new Map<string, number>();
   /** Protocol-level prepared statements, shared by every transaction-mode session. */
   readonly statements = new StatementCache();
+  /** Traffic, errors, query shapes: what metrics and the admin console report. */
+  readonly stats = new Stats();
+  /** The audit trail; null when audit.file is unset. */
+  audit: AuditLog | null = null;
+  /** RELOAD and SHUTDOWN for the admin console; set by the Postern instance. */
+  control: Control | null = null;
+  /** Where the admin console and metrics get their snapshot when several processes serve (null: this process alone). */
+  snapshots: (() => Promise<Snapshot>) | null = null;
+  readonly version = VERSION;
+  readonly startedAt = Date.now();
 
   constructor(config: Config, log: Logger, clientTls: tls.Server | null, auth: AuthState) {
     this.config = config;

@@ -12,6 +12,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
+import { AdminConsole } from '../admin/console.ts';
+import { adminExecutor } from '../admin/executor.ts';
 import { type AuthOutcome, ClientAuthExchange, type PasswordMethod } from '../auth/client-auth.ts';
 import { type HbaMatchInput, type HbaRule, matchHba, noMatchMessage, rejectMessage } from '../auth/hba.ts';
 import { certAllows } from '../auth/ident.ts';
@@ -20,6 +22,7 @@ import { connectServer, ServerConnectError } from '../backend/connect.ts';
 import type { Pool, PoolWaiter } from '../backend/pool.ts';
 import { PREPARED_CLIENT_INSPECT, PREPARED_SERVER_INSPECT, PreparedRewriter, ServerStatements } from '../backend/prepared.ts';
 import { ServerConn, type ServerLink, type ServerSecret } from '../backend/server-conn.ts';
+import { ADMIN_DATABASES } from '../config/load.ts';
 import type { PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import {
@@ -44,8 +47,10 @@ import { encodeCopyFail, encodeQuery, SYNC } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { decodeStartup, encodeCancel, encodeStartup, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
+import type { TrafficStats } from '../stats/registry.ts';
+import { QueryTracker, type TrackerSink } from '../stats/tracker.ts';
 import { ALPN_POSTGRESQL } from '../tls/contexts.ts';
-import type { Context, SessionHandle } from './context.ts';
+import type { ClientInfo, Context, SessionHandle } from './context.ts';
 import { sessionEffects } from './session-features.ts';
 
 export const STATE = {
@@ -87,6 +92,10 @@ const SERVER_INSPECT_POOLED = typeTable([BE.ErrorResponse, BE.ReadyForQuery, BE.
 const SERVER_INSPECT_ALL = VALID_BACKEND;
 /** Client frames that each earn exactly one ReadyForQuery: counted, not inspected. */
 const CLIENT_COUNT = typeTable([FE.Query, FE.Sync, FE.FunctionCall]);
+/** Client frames shown to the statistics tracker while they are forwarded. */
+const CLIENT_PEEK = typeTable([FE.Query, FE.Parse, FE.Bind, FE.Execute, FE.Sync, FE.FunctionCall, FE.Close, FE.Describe]);
+/** Server frames shown to the statistics tracker (those not inspected anyway). */
+const SERVER_PEEK = typeTable([BE.CommandComplete, BE.EmptyQueryResponse, BE.PortalSuspended, BE.ReadyForQuery, BE.ErrorResponse]);
 /** Startup parameters that are not settings to carry to pooled servers. */
 const NOT_SETTINGS: ReadonlySet<string> = new Set(['user', 'database', 'replication', 'options']);
 const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
@@ -193,6 +202,21 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt = Date.now();
+  /** Statement and transaction bookkeeping for statistics; null until active. */
+  #tracker: QueryTracker | null = null;
+  /** This (database, user)'s traffic counters; null until authenticated. */
+  #traffic: TrafficStats | null = null;
+  /** When the client began waiting for a pooled server (performance.now()); 0: not waiting. */
+  #waitSince = 0;
+  /** The client asked for the admin console's virtual database. */
+  #isAdmin = false;
+  #admin: AdminConsole | null = null;
+  /** Login outcome for the audit record: null while it is still open. */
+  #loginOutcome: { ok: boolean; reason: string | null } | null = null;
+  /** Last time a query started (admin request_time). */
+  #requestAt = Date.now();
+  /** The linked server's statement prepares when it was lent (server parse counting). */
+  #serverParsesAtLend = 0;
 
   constructor(ctx: Context, socket: net.Socket) {
     this.#ctx = ctx;
@@ -244,7 +268,9 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       }
       if (n < 0) {
         // Postgres logs this and closes without a reply: the peer may not speak the protocol at all.
-        this.log.info({ reason: n === BAD_LENGTH ? 'bad_length' : 'too_large' }, 'invalid length of startup packet');
+        const reason = n === BAD_LENGTH ? 'bad_length' : 'too_large';
+        this.#ctx.stats.count(this.#ctx.stats.violations, `client/startup_${reason}`);
+        this.log.info({ reason }, 'invalid length of startup packet');
         this.#destroy();
         return;
       }
@@ -330,6 +356,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     info.cipher = cipher.name;
     info.alpn = sock.alpnProtocol ?? false;
     this.#tls = info;
+    this.#ctx.stats.count(this.#ctx.stats.tlsHandshakes, `${info.version}/ok`);
     this.#client = sock;
     sock.on('error', this.#onClientError);
     this.log.debug({ tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn }, 'TLS established');
@@ -344,6 +371,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** Called by the listener when the TLS handshake failed: close quietly. */
   onTlsError(err: Error): void {
     upgrading.delete(this.#raw);
+    this.#ctx.stats.count(this.#ctx.stats.tlsHandshakes, 'none/fail');
     this.log.info({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'TLS handshake failed');
     this.#destroy();
   }
@@ -352,8 +380,10 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const target = this.#ctx.byPid(pid);
     if (target !== undefined && target.cancelKey.length === key.length && timingSafeEqual(target.cancelKey, key)) {
       this.log.debug({ target: target.id }, 'cancel request');
+      this.#ctx.stats.count(this.#ctx.stats.cancels, 'forwarded');
       target.cancel();
     } else {
+      this.#ctx.stats.count(this.#ctx.stats.cancels, 'unknown');
       // Unknown keys are ignored, as Postgres does; say nothing either way.
       this.log.debug('cancel request with unknown key ignored');
     }
@@ -415,8 +445,17 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         }
       }
     }
-    if (cfg.databases[database] === undefined) {
+    this.#isAdmin = ADMIN_DATABASES.has(database);
+    if (!this.#isAdmin && cfg.databases[database] === undefined) {
       this.#fatal(SQLSTATE.InvalidCatalogName, `database "${database}" does not exist`);
+      return;
+    }
+    if (this.#ctx.pools.isDisabled(database)) {
+      this.#fatal(
+        SQLSTATE.ConnectionFailure,
+        `database "${database}" does not allow connections`,
+        'It was disabled from the admin console (DISABLE).',
+      );
       return;
     }
     this.#clientMinor = minor;
@@ -450,40 +489,46 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   async #authenticate(): Promise<void> {
     const rules = this.#ctx.auth.hba;
-    if (rules === null) {
+    if (this.#isAdmin && !this.#adminAllowed()) return;
+    if (rules === null && !this.#isAdmin) {
       this.#startRelay();
       return;
     }
     const input = this.#hbaInput();
-    const rule = matchHba(rules, input);
-    if (rule === null) {
+    const rule = rules === null ? null : matchHba(rules, input);
+    if (rules !== null && rule === null) {
       this.#loginFailed('no_hba_match', 'none');
       this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, noMatchMessage(input));
       return;
     }
-    this.authMethod = rule.method;
-    this.log.debug({ line: rule.line, method: rule.method }, 'hba rule matched');
-    if (rule.method === 'passthrough') {
+    // The admin console has no server to relay to: without hba rules, or
+    // with a passthrough line, it checks passwords itself (md5 semantics:
+    // SCRAM when the stored secret is a SCRAM verifier).
+    let ruleMethod = rule?.method ?? 'md5';
+    if (this.#isAdmin && ruleMethod === 'passthrough') ruleMethod = 'md5';
+    this.authMethod = ruleMethod;
+    if (rule !== null) this.log.debug({ line: rule.line, method: rule.method }, 'hba rule matched');
+    if (ruleMethod === 'passthrough') {
       this.#startRelay();
       return;
     }
-    if (rule.method === 'reject') {
-      this.#loginFailed('hba_reject', rule.method);
+    if (ruleMethod === 'reject') {
+      this.#loginFailed('hba_reject', ruleMethod);
       this.#fatal(SQLSTATE.InvalidAuthorizationSpecification, rejectMessage(input));
       return;
     }
-    if (rule.method === 'cert' || rule.options.clientcert !== undefined) {
+    if (rule !== null && (rule.method === 'cert' || rule.options.clientcert !== undefined)) {
       if (!this.#checkClientCert(rule)) return;
     }
     this.#setState(STATE.Authenticating);
     this.#negotiateOwnProtocol();
-    if (rule.method === 'trust' || rule.method === 'cert') {
-      await this.#loginOk(rule.method, {});
+    if (ruleMethod === 'trust' || ruleMethod === 'cert') {
+      await this.#loginOk(ruleMethod, {});
       return;
     }
-    if (!PASSWORD_METHODS.has(rule.method)) throw new Error(`unhandled hba method ${rule.method}`);
-    const method = rule.method as PasswordMethod;
-    if (method === 'password' && input.ssl === false && rule.connType !== 'hostnossl') {
+    if (!PASSWORD_METHODS.has(ruleMethod)) throw new Error(`unhandled hba method ${ruleMethod}`);
+    const method = ruleMethod as PasswordMethod;
+    if (method === 'password' && input.ssl === false && rule?.connType !== 'hostnossl') {
       this.#loginFailed('cleartext_over_plaintext', method);
       this.#fatal(
         SQLSTATE.InvalidAuthorizationSpecification,
@@ -513,7 +558,21 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#exchange = exchange;
     const first = await exchange.start();
     if (this.#isClosed()) return;
-    this.#client.write(first);
+    this.#send(first);
+  }
+
+  /** Admin console: only users listed in admin.users or admin.stats_users; sends the FATAL itself otherwise. */
+  #adminAllowed(): boolean {
+    const a = this.#ctx.config.admin;
+    if (a.users.includes(this.#user) || a.stats_users.includes(this.#user)) return true;
+    this.#loginFailed('not_admin_user', 'none');
+    this.#fatal(
+      SQLSTATE.InvalidAuthorizationSpecification,
+      `user "${this.#user}" is not allowed to use the admin console`,
+      undefined,
+      'List the user in admin.users (or admin.stats_users for SHOW only).',
+    );
+    return false;
   }
 
   /** Client certificate checks for `cert` and `clientcert=`; sends the FATAL itself on failure. */
@@ -543,7 +602,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #negotiateOwnProtocol(): void {
     const unsupported = [...this.#params.keys()].filter((k) => k.startsWith('_pq_.'));
     if (this.#clientMinor > LATEST_MINOR || unsupported.length > 0) {
-      this.#client.write(encodeNegotiateProtocolVersion(this.#requestMinor, unsupported));
+      this.#send(encodeNegotiateProtocolVersion(this.#requestMinor, unsupported));
     }
     this.#negotiatedMinor = this.#requestMinor;
   }
@@ -615,7 +674,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const method = this.authMethod;
     switch (out.kind) {
       case 'continue':
-        this.#client.write(out.send);
+        this.#send(out.send);
         return;
       case 'fail': {
         this.log.info({ user: this.#user, method, reason: out.reason }, 'password authentication failed');
@@ -633,7 +692,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         if (out.password !== undefined) creds.password = out.password;
         if (out.scramKeys !== undefined) creds.scramKeys = out.scramKeys;
         const final = exchange.finalMessage;
-        if (final !== null) this.#client.write(final);
+        if (final !== null) this.#send(final);
         await this.#loginOk(method, creds);
         return;
       }
@@ -643,6 +702,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #loginFailed(reason: string, method: string): void {
+    this.#loginOutcome = { ok: false, reason };
     this.#ctx.count(this.#ctx.logins, `${method}/fail`);
     this.#ctx.count(this.#ctx.loginFailures, reason);
   }
@@ -651,7 +711,12 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   async #loginOk(method: string, creds: { password?: string; scramKeys?: { clientKey: Buffer; serverKey: Buffer } }): Promise<void> {
     const cfg = this.#ctx.config;
     this.#ctx.count(this.#ctx.logins, `${method}/ok`);
+    this.#loginOutcome = { ok: true, reason: null };
     this.log.debug({ user: this.#user, method }, 'client authenticated');
+    if (this.#isAdmin) {
+      this.#startAdmin();
+      return;
+    }
     const db = cfg.databases[this.#database];
     const target = this.#ctx.target(this.#database);
     if (db === undefined || target === undefined) {
@@ -680,6 +745,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (secret.password !== undefined || secret.scramKeys !== undefined || secret.md5 !== undefined) pool.secret = secret;
     this.#pool = pool;
     this.#poolMode = mode;
+    this.#traffic = this.#ctx.stats.traffic(this.#database, this.#user);
     this.#setState(STATE.Connecting);
     if (mode !== 'session' && pool.welcome !== null) {
       // Transaction/statement mode: no server needed until the first query.
@@ -687,8 +753,39 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       return;
     }
     this.#waitingFor = 'login';
+    this.#waitSince = performance.now();
     const conn = pool.acquire(this);
     if (conn !== null) this.onServer(conn);
+  }
+
+  /** The admin console: greet like a server, then every client frame goes to the console. */
+  #startAdmin(): void {
+    const cfg = this.#ctx.config.admin;
+    const readOnly = !cfg.users.includes(this.#user);
+    const exec = adminExecutor(this.#ctx, { readOnly, clientId: this.id, user: this.#user, alive: () => !this.#isClosed() });
+    this.#admin = new AdminConsole({
+      execute: exec.execute,
+      describe: exec.describe,
+      write: (b) => this.#toClient(b, 0, b.length),
+      onTerminate: () => this.#close(),
+      onFatal: (code, message) => this.#fatal(code, message),
+      onInternalError: (e) => this.log.error({ err: e instanceof Error ? e.message : String(e) }, 'admin console error'),
+      pause: () => this.#client.pause(),
+      resume: () => this.#client.resume(),
+    });
+    this.#greet(
+      new Map([
+        ['server_version', `${this.#ctx.version} (postern)`],
+        ['server_encoding', 'UTF8'],
+        ['client_encoding', 'UTF8'],
+        ['DateStyle', 'ISO, MDY'],
+        ['integer_datetimes', 'on'],
+        ['standard_conforming_strings', 'on'],
+        ['application_name', this.#params.get('application_name') ?? ''],
+      ]),
+    );
+    this.#clientStream?.setCount(null);
+    this.#clientStream?.setInspect(VALID_FRONTEND);
   }
 
   /** PoolWaiter: a server connection is lent to this client. */
@@ -700,7 +797,19 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       return;
     }
     this.#server = conn;
-    conn.attach(this.#serverLink, this.#serverInspect());
+    conn.owner = this.id;
+    this.#serverParsesAtLend = conn.statements?.prepares ?? 0;
+    if (this.#traffic !== null) this.#traffic.assignments++;
+    if (this.#waitSince > 0) {
+      const us = (performance.now() - this.#waitSince) * 1000;
+      this.#waitSince = 0;
+      const t = this.#traffic;
+      if (t !== null) {
+        t.waitUs += us;
+        t.waitHist.observe(us);
+      }
+    }
+    conn.attach(this.#serverLink, this.#serverInspect(), SERVER_PEEK);
     if (why === 'login') {
       const welcome = this.#pool.welcome ?? conn.params;
       if (this.#poolMode === 'session') this.#applySettings(conn);
@@ -736,7 +845,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const greet: Buffer[] = [AUTH_OK];
     for (const [k, v] of serverParams) greet.push(encodeParameterStatus(k, this.#desired.get(k) ?? v));
     greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(0x49));
-    this.#client.write(Buffer.concat(greet));
+    this.#send(Buffer.concat(greet));
     this.#becomeActive();
     // Counted in every pooled mode: a hand-back is clean only with nothing in flight.
     this.#clientStream?.setCount(CLIENT_COUNT);
@@ -799,6 +908,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const busy = this.#sentSinceReady;
     this.#rw?.reset();
     this.#server = null;
+    this.#countServerParses(conn);
     // CopyFail ends a COPY FROM STDIN (ignored otherwise); Sync ends any
     // extended-protocol batch and earns one more ReadyForQuery.
     conn.write(Buffer.concat([encodeCopyFail('client disconnected'), SYNC]));
@@ -817,12 +927,20 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     return stream !== null && stream.counted === this.#zSeen && stream.frames === stream.framesAtLastCounted && stream.atBoundary;
   }
 
+  /** Parses Postern sent on this connection while this client held it (SHOW STATS total_server_parse_count). */
+  #countServerParses(conn: ServerConn): void {
+    const now = conn.statements?.prepares ?? 0;
+    if (this.#traffic !== null && now > this.#serverParsesAtLend) this.#traffic.serverParses += now - this.#serverParsesAtLend;
+    this.#serverParsesAtLend = now;
+  }
+
   /** Gives the linked server back to its pool. */
   #releaseServer(reusable: boolean): void {
     const conn = this.#server;
     const pool = this.#pool;
     if (conn === null || pool === null) return;
     this.#server = null;
+    this.#countServerParses(conn);
     const rw = this.#rw;
     if (rw !== null) {
       if (rw.idle) rw.detach();
@@ -839,6 +957,11 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#clearLoginTimer();
     this.#setState(STATE.Active);
     this.#clientStream?.setInspect(CLIENT_INSPECT);
+    if (!this.#isAdmin) {
+      this.#traffic ??= this.#ctx.stats.traffic(this.#database, this.#user);
+      this.#tracker = new QueryTracker(this.#trackerSink, this.#ctx.stats.wantsTextFn);
+      this.#clientStream?.setPeek(CLIENT_PEEK);
+    }
     this.log.debug({ database: this.#database, user: this.#user, method: this.authMethod }, 'session active');
   }
 
@@ -895,6 +1018,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #onClientData = (chunk: Buffer): void => {
     this.bytesIn += chunk.length;
+    if (this.#traffic !== null) this.#traffic.received += chunk.length;
     this.#lastClientActivity = Date.now();
     if (this.#server === null && this.#pool !== null && this.#state === STATE.Active) {
       // Transaction mode between transactions: a Terminate alone needs no server.
@@ -907,6 +1031,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       this.#client.pause();
       if (this.#waitingFor === null) {
         this.#waitingFor = 'txn';
+        this.#waitSince = performance.now();
         const conn = this.#pool.acquire(this);
         if (conn !== null) this.onServer(conn);
       }
@@ -927,13 +1052,24 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (!ok) this.#client.pause();
   }
 
+  /** A frame Postern made itself (greeting, auth, errors): counted like forwarded bytes. */
+  #send(buf: Buffer): void {
+    this.bytesOut += buf.length;
+    if (this.#traffic !== null) this.#traffic.sent += buf.length;
+    this.#client.write(buf);
+  }
+
   #toClient(buf: Buffer, start: number, end: number): void {
     this.bytesOut += end - start;
+    if (this.#traffic !== null) this.#traffic.sent += end - start;
     const ok = this.#client.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     if (!ok) this.#server?.pause();
   }
 
   #clientSink: FrameSink = {
+    onPeek: (type, buf, start, end) => {
+      if (this.#state === STATE.Active) this.#observeClient(type, buf, start, end);
+    },
     onRun: (buf, start, end) => {
       if (this.#state === STATE.Active && this.#rw !== null) this.#rw.onClientBytes(buf, start, end);
       else if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
@@ -956,6 +1092,10 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         return;
       }
       if (this.#state === STATE.Active) {
+        if (this.#admin !== null) {
+          this.#admin.onFrame(type, buf, start, end);
+          return;
+        }
         if ((type === FE.Query || type === FE.Parse) && this.#pool !== null && this.#poolMode !== 'session')
           this.#onStatementText(type, buf, start, end);
         const rw = this.#rw;
@@ -966,9 +1106,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
             if (e instanceof ProtocolViolation) this.#fatal(SQLSTATE.ProtocolViolation, e.message);
             else throw e;
           }
-          return;
-        }
-        this.#toServer(buf, start, end);
+        } else this.#toServer(buf, start, end);
+        if (CLIENT_PEEK[type] === 1) this.#observeClient(type, buf, start, end);
         return;
       }
       // Postgres's answer to anything but a password message during authentication.
@@ -1033,6 +1172,9 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #serverLink: ServerLink = {
     onServerRun: (buf, start, end) => this.#toClient(buf, start, end),
+    onServerPeek: (type, buf, start, end) => {
+      if (this.#swallow === 0) this.#tracker?.onServerFrame(type, buf, start, end);
+    },
     onServerMessage: (type, buf, start, end) => {
       try {
         this.#onServerMessage(type, buf, start, end);
@@ -1052,10 +1194,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         this.#onSwallowed(type, buf, start, end);
         return;
       }
+      // Frames the tracker peeks at elsewhere arrive here when they are inspected anyway.
+      if (SERVER_PEEK[type] === 1) this.#tracker?.onServerFrame(type, buf, start, end);
       if (type === BE.ErrorResponse) {
         const e = decodeNotice(buf, start, end);
         if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
           this.#serverSaidFatal = true;
+        this.#countError(e.code);
       } else if (type === BE.ParameterStatus && this.#pool !== null) {
         // The client changed a reported setting (SET TIME ZONE ...): it follows the client to the next server.
         const [k, v] = decodeParameterStatus(buf, start, end);
@@ -1074,12 +1219,12 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       if (type === BE.NegotiateProtocolVersion) {
         const npv = decodeNegotiateProtocolVersion(buf, start, end);
         this.#negotiatedMinor = Math.min(npv.minor, this.#requestMinor);
-        this.#client.write(encodeNegotiateProtocolVersion(this.#negotiatedMinor, npv.unsupported));
+        this.#send(encodeNegotiateProtocolVersion(this.#negotiatedMinor, npv.unsupported));
         return;
       }
       if (this.#clientMinor > this.#requestMinor) {
         // The server took our (capped) version as is; the client asked for more.
-        this.#client.write(encodeNegotiateProtocolVersion(this.#requestMinor, []));
+        this.#send(encodeNegotiateProtocolVersion(this.#requestMinor, []));
       }
     }
     switch (type) {
@@ -1091,12 +1236,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
           const mechs = decodeSaslMechanisms(auth.data).filter((m) => !m.endsWith('-PLUS'));
           this.log.debug({ mechanisms: mechs }, 'server requests SASL');
           this.#saslRequested = true;
-          this.#client.write(encodeAuthSasl(mechs));
+          this.#send(encodeAuthSasl(mechs));
           return;
         }
         if (auth.code === AUTH.Ok) {
           this.log.debug('authenticated by server');
           this.#ctx.count(this.#ctx.logins, 'passthrough/ok');
+          this.#loginOutcome = { ok: true, reason: null };
         }
         this.#toClient(buf, start, end);
         return;
@@ -1108,13 +1254,15 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         this.#pid = mine.pid;
         this.cancelKey = mine.key;
         this.#ctx.register(mine.pid, this);
-        this.#client.write(encodeBackendKeyData(mine.pid, mine.key));
+        this.#send(encodeBackendKeyData(mine.pid, mine.key));
         return;
       }
       case BE.ErrorResponse: {
         const e = decodeNotice(buf, start, end);
         this.#serverSaidFatal = true;
+        this.#countError(e.code);
         if (e.code === SQLSTATE.InvalidPassword) this.#ctx.count(this.#ctx.logins, 'passthrough/fail');
+        if (this.#loginOutcome === null) this.#loginOutcome = { ok: false, reason: `server_${e.code ?? 'error'}` };
         this.log.info({ code: e.code ?? null, database: this.#database, user: this.#user }, 'server refused the session');
         this.#toClient(buf, start, end);
         return;
@@ -1122,7 +1270,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       case BE.ReadyForQuery: {
         this.#toClient(buf, start, end);
         this.#server?.markLoggedIn();
-        this.#server?.attach(this.#serverLink, SERVER_INSPECT_ACTIVE);
+        this.#server?.attach(this.#serverLink, SERVER_INSPECT_ACTIVE, SERVER_PEEK);
         this.#becomeActive();
         return;
       }
@@ -1149,7 +1297,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (type !== BE.ReadyForQuery) return;
     this.#swallow--;
     if (this.#swallow > 0) return;
-    this.#server?.attach(this.#serverLink, this.#serverInspect());
+    this.#server?.attach(this.#serverLink, this.#serverInspect(), SERVER_PEEK);
     if (this.#releaseAfterSwallow) {
       this.#releaseAfterSwallow = false;
       // The client may already have sent its next statement to this server.
@@ -1170,7 +1318,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       this.#releaseAfterSwallow = true;
       this.#server.attach(this.#serverLink, SERVER_INSPECT_ALL);
       this.#server.write(encodeQuery('ROLLBACK'));
-      this.#client.write(
+      this.#countError(SQLSTATE.FeatureNotSupported);
+      this.#send(
         Buffer.concat([
           encodeError({
             severity: 'ERROR',
@@ -1196,7 +1345,53 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (status === 0x49 && this.pinned === null && this.#clientSettled()) this.#releaseServer(true);
   }
 
+  /** A client frame of a CLIENT_PEEK type, for statistics (after it went on, or while it does). */
+  #observeClient(type: number, buf: Buffer, start: number, end: number): void {
+    const t = this.#traffic;
+    if (t !== null) {
+      if (type === FE.Parse) t.parses++;
+      else if (type === FE.Bind) t.binds++;
+    }
+    this.#tracker?.onClientFrame(type, buf, start, end);
+  }
+
+  /** An ErrorResponse reaches the client: counted by SQLSTATE class. */
+  #countError(code: string | undefined): void {
+    this.#ctx.stats.count(this.#ctx.stats.errors, (code ?? 'XX000').slice(0, 2));
+  }
+
+  /** Where the tracker reports finished statements and query/transaction cycles. */
+  #trackerSink: TrackerSink = {
+    onStatement: (text, durationUs, rows, sqlstate) => {
+      this.#ctx.stats.statement({
+        text,
+        database: this.#database,
+        user: this.#user,
+        application: this.applicationName,
+        durationUs,
+        rows,
+        sqlstate,
+        at: Date.now(),
+        client: this.id,
+      });
+    },
+    onCycle: (queryUs, xactUs) => {
+      const t = this.#traffic;
+      this.#requestAt = Date.now();
+      if (t === null) return;
+      t.queries++;
+      t.queryUs += queryUs;
+      t.queryHist.observe(queryUs);
+      if (xactUs >= 0) {
+        t.xacts++;
+        t.xactUs += xactUs;
+        t.xactHist.observe(xactUs);
+      }
+    },
+  };
+
   #clientViolation(kind: ViolationKind, detail: string): void {
+    this.#ctx.stats.count(this.#ctx.stats.violations, `client/${kind}`);
     this.log.info({ kind, detail }, 'protocol violation by client');
     this.#fatal(
       SQLSTATE.ProtocolViolation,
@@ -1205,6 +1400,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #serverViolation(kind: ViolationKind, detail: string): void {
+    this.#ctx.stats.count(this.#ctx.stats.violations, `server/${kind}`);
     this.log.warn({ kind, detail, database: this.#database }, 'protocol violation by server');
     // The client may have part of a message already; only a clean boundary allows an error frame.
     this.#server?.destroy();
@@ -1321,11 +1517,12 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** FATAL ErrorResponse to the client, then close both sides. */
   #fatal(code: string, message: string, detail?: string, hint?: string): void {
     if (this.#state === STATE.Closed) return;
+    this.#countError(code);
     const spec: ErrorSpec = { severity: 'FATAL', code, message };
     if (detail !== undefined) spec.detail = detail;
     if (hint !== undefined) spec.hint = hint;
     const client = this.#client;
-    if (!client.destroyed && client.writable) client.write(encodeError(spec));
+    if (!client.destroyed && client.writable) this.#send(encodeError(spec));
     this.#close();
   }
 
@@ -1364,7 +1561,71 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       setTimeout(() => client.destroy(), 5000).unref();
     }
     if (client !== this.#raw && !this.#raw.destroyed) setTimeout(() => this.#raw.destroy(), 5000).unref();
+    this.#admin?.close();
     this.log.debug({ bytesIn: this.bytesIn, bytesOut: this.bytesOut, ms: Date.now() - this.startedAt }, 'session closed');
+    if (this.#user !== '') this.#ctx.audit?.session(this.#auditRecord());
+  }
+
+  /** The audit trail's record of this session (docs/observability.md). Never a secret or a literal. */
+  #auditRecord(): Record<string, unknown> {
+    return {
+      client: this.id,
+      addr: this.#raw.remoteAddress ?? null,
+      port: this.#raw.remotePort ?? null,
+      tls: this.#tls === null ? null : { version: this.#tls.version, cipher: this.#tls.cipher, direct: this.#tls.direct },
+      auth_method: this.authMethod || null,
+      outcome: this.#loginOutcome === null ? 'incomplete' : this.#loginOutcome.ok ? 'ok' : 'fail',
+      reason: this.#loginOutcome?.reason ?? null,
+      database: this.#database,
+      user: this.#user,
+      application_name: this.applicationName,
+      admin: this.#isAdmin,
+      start: new Date(this.startedAt).toISOString(),
+      end: new Date().toISOString(),
+      bytes_in: this.bytesIn,
+      bytes_out: this.bytesOut,
+      statements: this.#tracker?.statements ?? 0,
+    };
+  }
+
+  get applicationName(): string {
+    return this.#desired.get('application_name') ?? this.#params.get('application_name') ?? '';
+  }
+
+  /** What SHOW CLIENTS, SHOW POOLS and metrics need to know about this client. */
+  info(): ClientInfo {
+    const state =
+      this.#state === STATE.Active
+        ? this.#waitingFor !== null
+          ? 'waiting'
+          : 'active'
+        : this.#waitingFor !== null
+          ? 'waiting'
+          : this.#state === STATE.Closed
+            ? 'closed'
+            : 'login';
+    return {
+      id: this.id,
+      state,
+      database: this.#database,
+      user: this.#user,
+      addr: this.#raw.remoteAddress ?? '',
+      port: this.#raw.remotePort ?? 0,
+      localAddr: this.#raw.localAddress ?? '',
+      localPort: this.#raw.localPort ?? 0,
+      connectTime: this.startedAt,
+      requestTime: this.#requestAt,
+      waitingSince: this.#waitSince,
+      pid: this.#pid,
+      tls: this.#tls === null ? '' : `${this.#tls.version}/${this.#tls.cipher}`,
+      applicationName: this.applicationName,
+      poolKey: this.#pool?.key ?? null,
+      admin: this.#isAdmin,
+      pinned: this.pinned,
+      preparedStatements: this.#rw?.statementCount ?? 0,
+      server: this.#server,
+      relayed: this.#pool === null && this.#server !== null,
+    };
   }
 
   /** Immediate close without a goodbye. */

@@ -20,6 +20,11 @@ export const SQLSTATE = {
   IdleSessionTimeout: '57P05',
   IdleInTransactionSessionTimeout: '25P03',
   InternalError: 'XX000',
+  InsufficientPrivilege: '42501',
+  SyntaxError: '42601',
+  UndefinedObject: '42704',
+  InvalidParameterValue: '22023',
+  ConfigFileError: 'F0000',
 } as const;
 
 export type SqlState = (typeof SQLSTATE)[keyof typeof SQLSTATE];

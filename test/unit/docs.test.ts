@@ -22,3 +22,17 @@ test('every example config validates (certificate files aside)', () => {
     assert.deepEqual(problems, [], f);
   }
 });
+
+test('docs/observability.md lists every metric, every SHOW command and every column of SHOW output', async () => {
+  const { METRICS } = await import('../../src/metrics/registry.ts');
+  const { SHOW_NAMES, showColumns } = await import('../../src/admin/executor.ts');
+  const doc = readFileSync('docs/observability.md', 'utf8');
+  for (const m of METRICS) assert.ok(doc.includes(`\`${m.name}\``), `metric ${m.name} is not documented`);
+  for (const name of SHOW_NAMES) {
+    assert.ok(doc.includes(`SHOW ${name.toUpperCase()}`), `SHOW ${name.toUpperCase()} is not documented`);
+    for (const c of showColumns(name) ?? []) {
+      if (['name', 'value', 'key', 'version', 'list', 'items', 'default', 'changeable', 'type'].includes(c.name)) continue;
+      assert.ok(doc.includes(c.name), `column ${c.name} of SHOW ${name.toUpperCase()} is not documented`);
+    }
+  }
+});

@@ -1,0 +1,124 @@
+// The admin HTTP listener (admin.listen): /metrics (Prometheus text format),
+// /healthz (the process is up) and /readyz (the client listener is open and
+// at least one configured server accepts TCP connections). Separate from the
+// client port so it can be firewalled apart; it serves nothing else and never
+// shows a setting's value.
+
+import http from 'node:http';
+import net from 'node:net';
+import type { Logger } from '../observability/log.ts';
+import type { MetricsRegistry } from './registry.ts';
+
+export interface ReadinessProbe {
+  /** The client listener is open. */
+  listening(): boolean;
+  /** host:port of every configured server. */
+  servers(): Array<{ name: string; host: string; port: number }>;
+}
+
+/** How long a server reachability answer is reused (probes come often; each check opens a TCP connection). */
+const READY_CACHE_MS = 1000;
+const CONNECT_TIMEOUT_MS = 1000;
+
+function reachable(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), CONNECT_TIMEOUT_MS);
+    timer.unref();
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+  });
+}
+
+export class AdminHttp {
+  readonly #server: http.Server;
+  readonly #metrics: MetricsRegistry;
+  readonly #probe: ReadinessProbe;
+  readonly #log: Logger;
+  #ready: { at: number; body: { ready: boolean; listening: boolean; servers: Record<string, boolean> } } | null = null;
+
+  constructor(metrics: MetricsRegistry, probe: ReadinessProbe, log: Logger) {
+    this.#metrics = metrics;
+    this.#probe = probe;
+    this.#log = log;
+    this.#server = http.createServer((req, res) => {
+      this.#handle(req, res).catch((e: Error) => {
+        this.#log.error({ err: e.message }, 'admin http request failed');
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end('internal error\n');
+      });
+    });
+    this.#server.keepAliveTimeout = 5000;
+  }
+
+  async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' });
+      res.end('method not allowed\n');
+      return;
+    }
+    switch (path) {
+      case '/metrics': {
+        const text = await this.#metrics.scrape();
+        res.writeHead(200, { 'content-type': this.#metrics.contentType });
+        res.end(req.method === 'HEAD' ? undefined : text);
+        return;
+      }
+      case '/healthz':
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end('ok\n');
+        return;
+      case '/readyz': {
+        const body = await this.#readiness();
+        res.writeHead(body.ready ? 200 : 503, { 'content-type': 'application/json' });
+        res.end(`${JSON.stringify(body)}\n`);
+        return;
+      }
+      default:
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found: try /metrics, /healthz or /readyz\n');
+    }
+  }
+
+  async #readiness(): Promise<{ ready: boolean; listening: boolean; servers: Record<string, boolean> }> {
+    const now = Date.now();
+    if (this.#ready !== null && now - this.#ready.at < READY_CACHE_MS) return this.#ready.body;
+    const listening = this.#probe.listening();
+    const targets = this.#probe.servers();
+    const results = await Promise.all(targets.map((t) => reachable(t.host, t.port)));
+    const servers: Record<string, boolean> = {};
+    targets.forEach((t, i) => {
+      servers[t.name] = results[i] as boolean;
+    });
+    const body = { ready: listening && results.some((r) => r), listening, servers };
+    this.#ready = { at: Date.now(), body };
+    return body;
+  }
+
+  /** Binds to "host:port" (port 0 picks a free one); resolves with the bound port. */
+  listen(hostPort: string): Promise<number> {
+    const i = hostPort.lastIndexOf(':');
+    const host = hostPort.slice(0, i).replace(/^\[|\]$/g, '');
+    const port = Number(hostPort.slice(i + 1));
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ host, port }, () => {
+        this.#server.removeListener('error', reject);
+        resolve((this.#server.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+}
