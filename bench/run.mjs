@@ -202,10 +202,15 @@ async function main() {
   const variants = new Map();
   variants.set('direct', { id: 'direct', host: pg.cluster.host, port: pg.cluster.port, db: BENCH_DB, pid: undefined });
   const wanted = new Set(cells.flatMap((c) => c.variants));
-  for (const mode of ctx.posternModes) {
-    if (!wanted.has(`postern-${mode}`)) continue;
-    log(`starting Postern (${mode})...`);
+  const posternStarts = ctx.posternModes.flatMap((mode) => [
+    { mode, variant: undefined, id: `postern-${mode}` },
+    ...(opts.variant ? [{ mode, variant: opts.variant, id: `postern-${mode}@${opts.variant.name}` }] : []),
+  ]);
+  for (const { mode, variant, id } of posternStarts) {
+    if (!wanted.has(id)) continue;
+    log(`starting Postern (${id})...`);
     const p = await startPostern({
+      variant,
       root: ROOT,
       dir: tmp,
       pg: pg.cluster,
@@ -219,7 +224,7 @@ async function main() {
       psqlBin: pg.psqlBin,
       benchEnv: pg.env,
     });
-    variants.set(`postern-${mode}`, { id: `postern-${mode}`, host: p.host, port: p.port, db: p.db, pid: p.pid });
+    variants.set(id, { id, host: p.host, port: p.port, db: p.db, pid: p.pid });
   }
   if ([...wanted].some((v) => v.startsWith('pgbouncer'))) {
     log('starting PgBouncer...');

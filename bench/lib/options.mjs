@@ -24,6 +24,11 @@ export const HELP = `Usage: node bench/run.mjs [flags]        (or: npm run bench
   --scale N            pgbench scale factor (default 10)
   --jobs N             pgbench threads, -j (default 1; capped at the client count)
   --pause S            pause between runs in seconds (default 1)
+  --variant NAME:K=V[;K=V...]
+                       also run a second Postern with these config overrides (keys as in the
+                       config file, values in YAML), interleaved with the first, e.g.
+                       --variant nostats:stats.queries=false  or  --variant w2:workers=2;
+                       the report adds an A/B table (variant / postern, same rounds)
   --help`;
 
 function list(v) {
@@ -37,6 +42,25 @@ function positiveInt(name, v) {
   const n = Number(v);
   if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive integer, got ${JSON.stringify(v)}`);
   return n;
+}
+
+/** "name:key=value;key=value" -> { name, overrides: [[key, rawValue]] } (values parsed as YAML by the caller). */
+function parseVariant(v) {
+  const i = v.indexOf(':');
+  const name = i < 0 ? '' : v.slice(0, i);
+  if (!/^[a-z0-9][a-z0-9_-]*$/i.test(name))
+    throw new Error(`--variant must start with a name and a colon (e.g. nostats:stats.queries=false), got ${JSON.stringify(v)}`);
+  const overrides = v
+    .slice(i + 1)
+    .split(';')
+    .filter((x) => x.trim() !== '')
+    .map((kv) => {
+      const eq = kv.indexOf('=');
+      if (eq <= 0) throw new Error(`--variant: "${kv}" is not key=value`);
+      return [kv.slice(0, eq).trim(), kv.slice(eq + 1).trim()];
+    });
+  if (overrides.length === 0) throw new Error('--variant needs at least one key=value');
+  return { name, overrides };
 }
 
 export function parseOptions(argv) {
@@ -56,6 +80,7 @@ export function parseOptions(argv) {
       scale: { type: 'string' },
       jobs: { type: 'string' },
       pause: { type: 'string' },
+      variant: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -75,6 +100,7 @@ export function parseOptions(argv) {
     scale: positiveInt('scale', values.scale ?? 10),
     jobs: positiveInt('jobs', values.jobs ?? 1),
     pause: Number(values.pause ?? 1),
+    variant: values.variant === undefined ? undefined : parseVariant(values.variant),
   };
   for (const s of opts.scenarios)
     if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}"; known: ${ALL_SCENARIOS.join(', ')}`);

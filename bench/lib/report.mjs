@@ -5,19 +5,21 @@
 
 import { median, ratio } from './stats.mjs';
 
-const TARGET_LABEL = { direct: 'direct', postern: 'postern', pgbouncer: 'pgbouncer' };
+const TARGET_LABEL = { direct: 'direct', postern: 'postern', pgbouncer: 'pgbouncer', variant: 'postern variant' };
 
 /** The three variants compared in one row of a cell, for pool mode `mode`. */
 function rowVariants(mode, ctx) {
   const postern = ctx.posternModes.includes(mode) ? `postern-${mode}` : 'postern-session';
-  return { direct: 'direct', postern, pgbouncer: `pgbouncer-${mode}` };
+  const out = { direct: 'direct', postern, pgbouncer: `pgbouncer-${mode}` };
+  if (ctx.opts.variant) out.variant = `${postern}@${ctx.opts.variant.name}`;
+  return out;
 }
 
 function whyMissing(target, cell, ctx) {
-  if (!ctx.opts.targets.includes(target)) return 'target not selected (--targets)';
+  if (!ctx.opts.targets.includes(target === 'variant' ? 'postern' : target)) return 'target not selected (--targets)';
   if (target === 'pgbouncer' && !ctx.pgbouncerAvailable) return `PgBouncer not installed (${ctx.pgbouncerBin})`;
   if (cell.kind === 'idle' && target === 'direct') return 'no proxy process to weigh (direct to PostgreSQL)';
-  if (cell.kind === 'idle' && target === 'postern') {
+  if (cell.kind === 'idle' && (target === 'postern' || target === 'variant')) {
     return `capped at --idle-postern ${ctx.opts.idlePostern}: in session mode each Postern client holds a server connection, so N clients need N PostgreSQL backends`;
   }
   return 'not run';
@@ -352,6 +354,88 @@ export function renderMarkdown(ctx, rows, meta) {
       'Postern in session mode also holds one PostgreSQL backend per idle client (not counted above: only the proxy process is weighed); PgBouncer holds none for an idle client.',
     );
     out.push('');
+  }
+
+  if (o.variant) {
+    const name = o.variant.name;
+    const overrides = o.variant.overrides.map(([k, v]) => `\`${k}: ${v}\``).join(', ');
+    out.push(`## Postern A/B: ${name} (${overrides}) against the same Postern without it`);
+    out.push('');
+    out.push(
+      `Both Postern instances run in every round, back to back; \`${name}/postern\` is the median of the per-round ratios (above 1 means the variant has more of the metric).`,
+    );
+    out.push('');
+    const ab = rows.filter((r) => r.kind === 'pgbench');
+    if (ab.length > 0) {
+      out.push(
+        table(
+          [
+            'scenario',
+            'clients',
+            'mode',
+            'tps postern',
+            `tps ${name}`,
+            `tps ${name}/postern`,
+            'CPU s/10k postern',
+            `CPU s/10k ${name}`,
+            `CPU ${name}/postern`,
+            'p99 ms postern',
+            `p99 ms ${name}`,
+          ],
+          ab.map((r) => [
+            r.scenario,
+            String(r.clients),
+            r.posternMode,
+            cellText(r, 'postern', 'tps', (v) => fmtNum(v, 0), notes),
+            cellText(r, 'variant', 'tps', (v) => fmtNum(v, 0), notes),
+            fmtRatio(medRatio(r, 'variant', 'postern', 'tps')),
+            cellText(r, 'postern', 'proxyCpuPer10k', (v) => fmtNum(v, 3), notes),
+            cellText(r, 'variant', 'proxyCpuPer10k', (v) => fmtNum(v, 3), notes),
+            fmtRatio(medRatio(r, 'variant', 'postern', 'proxyCpuPer10k')),
+            cellText(r, 'postern', 'p99Ms', fmtSig, notes),
+            cellText(r, 'variant', 'p99Ms', fmtSig, notes),
+          ]),
+          3,
+        ),
+      );
+      out.push('');
+    }
+    const abCopy = rows.filter((r) => r.kind === 'copy');
+    if (abCopy.length > 0) {
+      out.push(
+        table(
+          ['scenario', 'MiB', 'MiB/s postern', `MiB/s ${name}`, `${name}/postern`, 'peak RSS MiB postern', `peak RSS MiB ${name}`],
+          abCopy.map((r) => [
+            r.scenario,
+            String(r.copyMb),
+            cellText(r, 'postern', 'mbPerSec', (v) => fmtNum(v, 0), notes),
+            cellText(r, 'variant', 'mbPerSec', (v) => fmtNum(v, 0), notes),
+            fmtRatio(medRatio(r, 'variant', 'postern', 'mbPerSec')),
+            peakText(r, 'postern', notes),
+            peakText(r, 'variant', notes),
+          ]),
+          2,
+        ),
+      );
+      out.push('');
+    }
+    const abIdle = rows.filter((r) => r.kind === 'idle');
+    if (abIdle.length > 0) {
+      out.push(
+        table(
+          ['scenario', 'N', 'KiB/client postern', `KiB/client ${name}`, `${name}/postern`],
+          abIdle.map((r) => [
+            r.scenario,
+            String(r.idleN),
+            cellText(r, 'postern', 'proxyRssKbPerClient', (v) => fmtNum(v, 1), notes),
+            cellText(r, 'variant', 'proxyRssKbPerClient', (v) => fmtNum(v, 1), notes),
+            fmtRatio(medRatio(r, 'variant', 'postern', 'proxyRssKbPerClient')),
+          ]),
+          2,
+        ),
+      );
+      out.push('');
+    }
   }
 
   if (notes.list.length > 0) {

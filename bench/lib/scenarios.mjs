@@ -92,6 +92,8 @@ export function buildCells(opts, available) {
         for (const m of s.poolModes) {
           const id = available.posternModes.includes(m) ? `postern-${m}` : 'postern-session';
           if (!v.includes(id)) v.push(id);
+          // The A/B variant runs right after its base, in the same round.
+          if (opts.variant && !v.includes(`${id}@${opts.variant.name}`)) v.push(`${id}@${opts.variant.name}`);
         }
       }
       if (opts.targets.includes('pgbouncer') && available.pgbouncer) for (const m of s.poolModes) v.push(`pgbouncer-${m}`);

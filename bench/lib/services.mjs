@@ -192,11 +192,12 @@ export async function startPostern({
   freePort,
   psqlBin,
   benchEnv,
+  variant,
 }) {
-  const { stringify } = await import('yaml');
+  const { stringify, parse } = await import('yaml');
   const listenPort = port ?? (await freePort());
   const db = { host: pg.host, port: pg.port, dbname: BENCH_DB, tls: { mode: 'disable' } };
-  const name0 = `postern${mode ? `-${mode}` : ''}`;
+  const name0 = `postern${mode ? `-${mode}` : ''}${variant ? `@${variant.name}` : ''}`;
   // Like PgBouncer's auth_file: Postern authenticates clients against the
   // server's own SCRAM verifier and logs in with SCRAM passthrough, so its
   // pools can reuse server connections across clients.
@@ -218,7 +219,8 @@ export async function startPostern({
     setPath(config, key, mode);
     if (mode === 'transaction' && support.sizeKey) setPath(config, support.sizeKey.replace('*', BENCH_DB), txPoolSize);
   }
-  const name = `postern${mode ? `-${mode}` : ''}`;
+  for (const [key, value] of variant?.overrides ?? []) setPath(config, key.replace('*', BENCH_DB), parse(value));
+  const name = name0;
   const configPath = join(dir, `${name}.yaml`);
   await writeFile(configPath, stringify(config));
   const logPath = join(dir, `${name}.log`);

@@ -1010,7 +1010,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #internalError(e: Error): void {
-    this.log.error({ err: e.message, stack: e.stack }, 'internal error');
+    this.#linkedLog().error({ err: e.message, stack: e.stack }, 'internal error');
     this.#fatal(SQLSTATE.InternalError, 'internal error in Postern');
   }
 
@@ -1050,6 +1050,12 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#sentSinceReady = true;
     const ok = server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     if (!ok) this.#client.pause();
+  }
+
+  /** The session's logger, carrying the linked server connection's id too when there is one (made only when a line is logged). */
+  #linkedLog(): Logger {
+    const server = this.#server;
+    return server === null ? this.log : this.log.child({ server: server.id });
   }
 
   /** A frame Postern made itself (greeting, auth, errors): counted like forwarded bytes. */
@@ -1148,7 +1154,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (fx.pin !== null && this.pinned === null && this.#poolMode === 'transaction') {
       this.pinned = fx.pin;
       this.#ctx.count(this.#ctx.pins, fx.pin);
-      this.log.info({ feature: fx.pin }, 'client pinned to its server connection for the rest of its session');
+      this.#linkedLog().info({ feature: fx.pin }, 'client pinned to its server connection for the rest of its session');
     }
   }
 
@@ -1263,7 +1269,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         this.#countError(e.code);
         if (e.code === SQLSTATE.InvalidPassword) this.#ctx.count(this.#ctx.logins, 'passthrough/fail');
         if (this.#loginOutcome === null) this.#loginOutcome = { ok: false, reason: `server_${e.code ?? 'error'}` };
-        this.log.info({ code: e.code ?? null, database: this.#database, user: this.#user }, 'server refused the session');
+        this.#linkedLog().info({ code: e.code ?? null, database: this.#database, user: this.#user }, 'server refused the session');
         this.#toClient(buf, start, end);
         return;
       }
@@ -1291,7 +1297,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     if (type === BE.ErrorResponse) {
       const e = decodeNotice(buf, start, end);
-      this.log.warn({ code: e.code ?? null, detail: e.message ?? null }, 'a setting could not be applied on the server connection');
+      this.#linkedLog().warn({ code: e.code ?? null, detail: e.message ?? null }, 'a setting could not be applied on the server connection');
       return;
     }
     if (type !== BE.ReadyForQuery) return;
@@ -1392,7 +1398,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #clientViolation(kind: ViolationKind, detail: string): void {
     this.#ctx.stats.count(this.#ctx.stats.violations, `client/${kind}`);
-    this.log.info({ kind, detail }, 'protocol violation by client');
+    this.#linkedLog().info({ kind, detail }, 'protocol violation by client');
     this.#fatal(
       SQLSTATE.ProtocolViolation,
       detail.startsWith('invalid message type') ? `invalid frontend message type ${detail.slice(21)}` : 'invalid message length',
@@ -1401,7 +1407,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   #serverViolation(kind: ViolationKind, detail: string): void {
     this.#ctx.stats.count(this.#ctx.stats.violations, `server/${kind}`);
-    this.log.warn({ kind, detail, database: this.#database }, 'protocol violation by server');
+    this.#linkedLog().warn({ kind, detail, database: this.#database }, 'protocol violation by server');
     // The client may have part of a message already; only a clean boundary allows an error frame.
     this.#server?.destroy();
     this.#server = null;
@@ -1434,7 +1440,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       },
       (err: Error) => {
         server.cancelsInFlight--;
-        this.log.warn({ err: err.message }, 'cancel could not reach the server');
+        this.#linkedLog().warn({ err: err.message }, 'cancel could not reach the server');
       },
     );
   }
@@ -1447,7 +1453,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const server = this.#server;
     const inTransaction = server !== null && server.txStatus !== 0x49 && this.#clientStream?.counted === this.#zSeen;
     if (inTransaction && cfg.idle_transaction_timeout > 0 && idle > cfg.idle_transaction_timeout) {
-      this.log.info({ idleMs: idle }, 'idle_transaction_timeout');
+      this.#linkedLog().info({ idleMs: idle }, 'idle_transaction_timeout');
       this.terminate(SQLSTATE.IdleInTransactionSessionTimeout, 'terminating connection due to idle-in-transaction timeout');
     } else if (
       !inTransaction &&
@@ -1455,7 +1461,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       idle > cfg.client_idle_timeout &&
       this.#clientStream?.counted === this.#zSeen
     ) {
-      this.log.info({ idleMs: idle }, 'client_idle_timeout');
+      this.#linkedLog().info({ idleMs: idle }, 'client_idle_timeout');
       this.terminate(SQLSTATE.IdleSessionTimeout, 'terminating connection due to idle-session timeout');
     }
   }
@@ -1501,7 +1507,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       this.#close();
       return;
     }
-    this.log.warn({ database: this.#database }, 'server closed the connection unexpectedly');
+    this.#linkedLog().warn({ database: this.#database }, 'server closed the connection unexpectedly');
     if (server.atBoundary) {
       this.#fatal(
         SQLSTATE.ConnectionFailure,
