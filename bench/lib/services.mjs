@@ -193,6 +193,7 @@ export async function startPostern({
   psqlBin,
   benchEnv,
   variant,
+  nodeArgs = [],
 }) {
   const { stringify, parse } = await import('yaml');
   const listenPort = port ?? (await freePort());
@@ -226,7 +227,7 @@ export async function startPostern({
   const logPath = join(dir, `${name}.log`);
   const logFile = await open(logPath, 'a');
   const child = trackChild(
-    spawn(process.execPath, [join(root, 'dist/main.js'), '--config', configPath], {
+    spawn(process.execPath, [...nodeArgs, join(root, 'dist/main.js'), '--config', configPath], {
       cwd: root,
       stdio: ['ignore', logFile.fd, logFile.fd],
       env: { ...process.env, NODE_ENV: 'production' },

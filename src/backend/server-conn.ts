@@ -83,6 +83,12 @@ export class ServerLoginError extends Error {
 }
 
 export interface ServerLink {
+  /**
+   * Called before (true) and after (false) the frames of one received chunk
+   * are delivered, so the link can batch what it writes in between (cork).
+   * The pair always goes to the same link, even when the chunk detaches it.
+   */
+  onServerChunk?(start: boolean): void;
   onServerRun(buf: Buffer, start: number, end: number): void;
   onServerMessage(type: number, buf: Buffer, start: number, end: number): void;
   /** A frame of a peeked type (see attach): it is forwarded in a run as well; only look. */
@@ -190,7 +196,16 @@ export class ServerConn implements FrameSink {
     this.#socket = socket;
     this.tls = transport.tls;
     this.#stream = new MessageStream(this, ALL_BACKEND, inspect, maxMessage);
-    socket.on('data', (chunk: Buffer) => this.#stream?.push(chunk));
+    socket.on('data', (chunk: Buffer) => {
+      const link = this.#link;
+      if (link?.onServerChunk === undefined) {
+        this.#stream?.push(chunk);
+        return;
+      }
+      link.onServerChunk(true);
+      this.#stream?.push(chunk);
+      link.onServerChunk(false);
+    });
     socket.on('error', (err: Error) => this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'));
     socket.on('close', () => this.#onClose());
     socket.on('drain', () => this.#link?.onServerDrain());
@@ -295,6 +310,15 @@ export class ServerConn implements FrameSink {
 
   pause(): void {
     this.#socket?.pause();
+  }
+
+  /** Batch the writes until uncork() into one (see net.Socket cork). */
+  cork(): void {
+    this.#socket?.cork();
+  }
+
+  uncork(): void {
+    this.#socket?.uncork();
   }
 
   resume(): void {

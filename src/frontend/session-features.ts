@@ -25,12 +25,32 @@ export interface SessionEffects {
   readonly forget: ReadonlyArray<string | null>;
 }
 
-const NONE: SessionEffects = { pin: null, sets: [], resetAll: false, forget: [] };
+export const NONE: SessionEffects = Object.freeze({ pin: null, sets: [], resetAll: false, forget: [] });
 const CACHE_MAX = 10_000;
 const cache = new Map<string, SessionEffects>();
 
+/**
+ * Words of which at least one must appear, in any case, somewhere in a text
+ * that has a session effect: every statement kind above starts with or
+ * contains one (SET/RESET/set_config all hold "set"; temporary tables "temp",
+ * also as pg_temp; WITH HOLD cursors "declare"; advisory lock functions
+ * "advisory"), and '&' starts the only spelling of an identifier that
+ * hides its letters (U&"\0073et"). A text with none of them is inert without
+ * being lexed: most application statements (pgbench's SELECT, INSERT ...
+ * with a new literal each time) skip the classifier and its cache.
+ * This is only a shortcut to "no effect": everything else goes to the
+ * exact classifier (test/unit/sql.test.ts checks the two agree).
+ */
+const TRIGGERS = /set|temp|prepare|listen|declare|load|deallocate|discard|advisory|&/i;
+
+/** True when sql might have a session effect (see TRIGGERS); false means it certainly has none. */
+export function mayHaveSessionEffects(sql: string): boolean {
+  return TRIGGERS.test(sql);
+}
+
 /** Effects of one simple Query or Parse text. */
 export function sessionEffects(sql: string, standardConformingStrings = true): SessionEffects {
+  if (!TRIGGERS.test(sql)) return NONE;
   const key = standardConformingStrings ? sql : `\u0000${sql}`;
   const hit = cache.get(key);
   if (hit !== undefined) return hit;
@@ -40,7 +60,8 @@ export function sessionEffects(sql: string, standardConformingStrings = true): S
   return e;
 }
 
-function compute(sql: string, scs: boolean): SessionEffects {
+/** The classifier's answer, without the TRIGGERS shortcut or the cache (tests compare the two). */
+export function compute(sql: string, scs: boolean): SessionEffects {
   let pin: string | null = null;
   const sets: Array<readonly [string, string]> = [];
   const forget: Array<string | null> = [];

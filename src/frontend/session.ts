@@ -822,11 +822,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       conn.statements ??= new ServerStatements(this.#ctx.config.pool.max_prepared_statements);
       this.#rw.attach(conn.statements);
     }
+    // The settings and what the client sent leave in one write.
+    conn.cork();
     this.#applySettings(conn);
     const held = this.#held;
     this.#held = [];
     for (const chunk of held) this.#clientStream?.push(chunk);
-    this.#client.resume();
+    conn.uncork();
+    if (this.#client.isPaused()) this.#client.resume();
   }
 
   /** PoolWaiter: no server will come. */
@@ -865,6 +868,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
    * Query, so one refused value cannot void the others.
    */
   #applySettings(conn: ServerConn): void {
+    // The common case, checked without building anything: nothing to carry over.
+    if (this.#desiredSql.size === 0 && conn.appliedSql.size === 0 && conn.applied.size === 0 && this.#sameSettings(conn)) return;
     const sql: string[] = [];
     for (const [k, v] of this.#desired) {
       const current = conn.params.get(k) ?? conn.applied.get(k);
@@ -892,6 +897,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#swallow += sql.length;
     conn.attach(this.#serverLink, SERVER_INSPECT_ALL);
     conn.write(Buffer.concat(sql.map((q) => encodeQuery(q))));
+  }
+
+  /** Every setting this client wants already has that value on conn (as reported or as applied). */
+  #sameSettings(conn: ServerConn): boolean {
+    for (const [k, v] of this.#desired) {
+      if ((conn.params.get(k) ?? conn.applied.get(k)) !== v) return false;
+    }
+    return true;
   }
 
   #serverInspect(): Uint8Array {
@@ -1026,18 +1039,29 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         this.#close();
         return;
       }
-      // Hold what arrived and stop reading until a server is lent.
+      // Hold what arrived; when no server is free at once, stop reading until one is lent.
       this.#held.push(chunk);
-      this.#client.pause();
       if (this.#waitingFor === null) {
         this.#waitingFor = 'txn';
         this.#waitSince = performance.now();
         const conn = this.#pool.acquire(this);
-        if (conn !== null) this.onServer(conn);
+        if (conn !== null) {
+          this.onServer(conn);
+          return;
+        }
       }
+      this.#client.pause();
       return;
     }
+    // Everything this chunk makes Postern send to the server leaves in one write.
+    const server = this.#server;
+    if (server === null) {
+      this.#clientStream?.push(chunk);
+      return;
+    }
+    server.cork();
     this.#clientStream?.push(chunk);
+    server.uncork();
   };
 
   #onClientDrain = (): void => {
@@ -1177,6 +1201,11 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #serverLink: ServerLink = {
+    // What one server chunk makes Postern send to the client leaves in one write.
+    onServerChunk: (start) => {
+      if (start) this.#client.cork();
+      else this.#client.uncork();
+    },
     onServerRun: (buf, start, end) => this.#toClient(buf, start, end),
     onServerPeek: (type, buf, start, end) => {
       if (this.#swallow === 0) this.#tracker?.onServerFrame(type, buf, start, end);
@@ -1297,7 +1326,10 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     if (type === BE.ErrorResponse) {
       const e = decodeNotice(buf, start, end);
-      this.#linkedLog().warn({ code: e.code ?? null, detail: e.message ?? null }, 'a setting could not be applied on the server connection');
+      this.#linkedLog().warn(
+        { code: e.code ?? null, detail: e.message ?? null },
+        'a setting could not be applied on the server connection',
+      );
       return;
     }
     if (type !== BE.ReadyForQuery) return;

@@ -123,9 +123,16 @@ function fallback(text: string): ShapeId {
   return Object.freeze({ fingerprint: hashFingerprint(normalized), normalized, parsed: false });
 }
 
+/** The exact-text cache holds texts up to this length, at most this many. */
+const EXACT_MAX_CHARS = 2048;
+const EXACT_ENTRIES = 4096;
+
 export class Normalizer {
-  // Least recently used first: a hit is deleted and set again.
+  // Oldest first: evicted in insertion order (a hit is not moved, which
+  // would cost two more map operations on a long key per statement).
   readonly #cache = new Map<string, ShapeId>();
+  /** Shapes by exact text (see #rememberText). */
+  readonly #exact = new Map<string, ShapeId>();
   readonly #cacheSize: number;
   #cachedChars = 0;
   /** Lookups answered from the cache. */
@@ -146,6 +153,12 @@ export class Normalizer {
 
   /** The shape of a statement text (which may hold several statements). Never throws. */
   describe(text: string): ShapeId {
+    // Prepared statements come back as the very same string: no lexing at all.
+    const same = this.#exact.get(text);
+    if (same !== undefined) {
+      this.hits++;
+      return same;
+    }
     if (text.length > MAX_PARSE_CHARS) {
       this.misses++;
       return fallback(text);
@@ -155,8 +168,7 @@ export class Normalizer {
     const hit = cache.get(key);
     if (hit !== undefined) {
       this.hits++;
-      cache.delete(key);
-      cache.set(key, hit);
+      this.#rememberText(text, hit);
       return hit;
     }
     this.misses++;
@@ -166,11 +178,23 @@ export class Normalizer {
       this.#cachedChars += key.length + shape.normalized.length;
       this.#trim();
     }
+    this.#rememberText(text, shape);
     return shape;
+  }
+
+  /**
+   * The exact-text cache: short texts only, emptied when full (texts with a
+   * new literal each time pass through it without growing it past its cap).
+   */
+  #rememberText(text: string, shape: ShapeId): void {
+    if (text.length > EXACT_MAX_CHARS || this.#cacheSize === 0) return;
+    if (this.#exact.size >= EXACT_ENTRIES) this.#exact.clear();
+    this.#exact.set(text, shape);
   }
 
   /** Empties the cache. */
   clear(): void {
+    this.#exact.clear();
     this.#cache.clear();
     this.#cachedChars = 0;
   }

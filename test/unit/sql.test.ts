@@ -1036,3 +1036,55 @@ describe('robustness', () => {
     assert.equal(one(`SELECT ${"U&'x' /* c */ ".repeat(size / 16)}`).kind, 'select');
   });
 });
+
+describe('session-effect shortcut', () => {
+  it('a text without any trigger word has no session effect by the exact classifier', async () => {
+    const { compute, mayHaveSessionEffects } = await import('../../src/frontend/session-features.ts');
+    const words = [
+      ...FRAGMENTS,
+      'pg_advisory_lock(1)',
+      'pg_try_advisory_lock_shared(2)',
+      "set_config('a', 'b', false)",
+      'PREPARE p AS ',
+      'DECLARE c CURSOR WITH HOLD FOR ',
+      'LOAD ',
+      "'plugin'",
+      'DEALLOCATE ALL',
+      'DISCARD ALL',
+      'pg_temp.t',
+      'TEMPORARY ',
+      'SESSION AUTHORIZATION ',
+      'ROLE r',
+      'UPDATE t SET a = 1',
+      'U&"\\0073et"',
+      'INSERT INTO t VALUES (1)',
+      'WITH HOLD',
+      'x',
+      '1',
+    ];
+    let inert = 0;
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom(...words), { maxLength: 12 }), fc.boolean(), (parts, scs) => {
+        const sql = parts.join(' ');
+        if (mayHaveSessionEffects(sql)) return;
+        inert++;
+        const e = compute(sql, scs);
+        assert.equal(e.pin, null, sql);
+        assert.deepEqual(e.sets, [], sql);
+        assert.equal(e.resetAll, false, sql);
+        assert.deepEqual(e.forget, [], sql);
+      }),
+      { numRuns: 3000 },
+    );
+    assert.ok(inert > 100, `only ${inert} inert texts were generated`);
+    for (const sql of [
+      'SELECT pg_advisory_lock(1)',
+      'select set_config($1, $2, false)',
+      'LISTEN x',
+      'create temp table t()',
+      'DISCARD ALL',
+    ]) {
+      assert.ok(mayHaveSessionEffects(sql), sql);
+    }
+  });
+});

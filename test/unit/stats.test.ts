@@ -604,17 +604,19 @@ describe('Normalizer', () => {
     assert.equal(m.describe("select 'x").parsed, false);
   });
 
-  it('the cache is bounded and least recently used entries go first', () => {
+  it('the cache is bounded and the oldest shapes go first; the same text is answered without lexing', () => {
     const m = new Normalizer({ cacheSize: 3 });
     for (const tbl of ['a', 'b', 'c']) m.describe(`select 1 from ${tbl}`);
-    m.describe('select 2 from a'); // a is now the most recent
-    m.describe('select 1 from d'); // evicts b
+    m.describe('select 1 from d'); // evicts a, the oldest
     assert.equal(m.cached, 3);
     const misses = m.misses;
-    m.describe('select 9 from a');
-    assert.equal(m.misses, misses);
     m.describe('select 9 from b');
+    assert.equal(m.misses, misses);
+    m.describe('select 9 from a');
     assert.equal(m.misses, misses + 1);
+    const text = 'select 5 from d';
+    const first = m.describe(text);
+    assert.equal(m.describe(text), first);
   });
 
   it('cacheSize 0 disables the cache', () => {
