@@ -184,7 +184,7 @@ async function main() {
   const sessionPoolSize = maxClients + 5;
   const needsIdle = cells.some((c) => c.kind === 'idle' && c.variants.some((v) => v.startsWith('postern')));
   const base = 2 * maxClients + sessionPoolSize + TX_POOL_SIZE + 50;
-  const maxConnections = Math.max(200, base + (needsIdle ? Math.min(opts.idle, opts.idlePostern) : 0));
+  const maxConnections = Math.max(200, base + (needsIdle ? 50 : 0));
 
   log(`starting PostgreSQL (max_connections ${maxConnections})...`);
   const pg = await startCluster({ root: ROOT, scale: opts.scale, maxConnections, certs, log });

@@ -9,10 +9,11 @@
 //   postern config-docs            print docs/configuration.md
 //   postern --version | --help
 
+import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { loadAuthState } from './auth/store.ts';
 import { renderConfigDocs } from './config/docs.ts';
-import { loadConfigFile } from './config/load.ts';
+import { loadConfigFile, workerCount } from './config/load.ts';
 import { Postern } from './server.ts';
 import { VERSION } from './version.ts';
 
@@ -93,6 +94,26 @@ async function main(argv: string[]): Promise<number> {
       }
       if (command === 'check') {
         console.log(`postern: ${values.config}: OK (${Object.keys(loaded.config.databases).length} database(s))`);
+        return 0;
+      }
+      if (cluster.isWorker) {
+        const { runWorker } = await import('./cluster/worker.ts');
+        await runWorker(loaded.config, values.config);
+        return 0;
+      }
+      const workers = workerCount(loaded.config);
+      if (workers > 1) {
+        const { Primary } = await import('./cluster/primary.ts');
+        const primary = new Primary(loaded.config, workers);
+        await primary.start();
+        process.on('SIGHUP', () => primary.reload());
+        const stop = (sig: string): void => {
+          primary.log.info({ signal: sig }, 'shutting down');
+          void primary.stop();
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+        await primary.stopped;
         return 0;
       }
       const postern = new Postern(loaded.config, { configFile: values.config });

@@ -8,7 +8,7 @@ import { collect } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
 import { loadConfigFile } from './config/load.ts';
 import { type Config, type DatabaseConfig, SETTINGS } from './config/schema.ts';
-import { Context } from './frontend/context.ts';
+import { Context, type Peers } from './frontend/context.ts';
 import { ClientSession, upgrading } from './frontend/session.ts';
 import { AdminHttp } from './metrics/http.ts';
 import { MetricsRegistry } from './metrics/registry.ts';
@@ -23,6 +23,10 @@ export interface PosternOptions {
   logger?: Logger;
   /** The config file, for RELOAD from the admin console (SIGHUP passes it itself). */
   configFile?: string;
+  /** The other worker processes (workers: N); absent when this process serves alone. */
+  peers?: Peers;
+  /** Serve admin.listen from this process (default true; workers leave it to the primary). */
+  adminHttp?: boolean;
 }
 
 export interface Address {
@@ -44,6 +48,7 @@ export class Postern {
   /** The janitor: one coarse tick for every pool (wait timeouts, idle and lifetime limits, min_pool_size). */
   #janitor: NodeJS.Timeout;
   #configFile: string | undefined;
+  #adminHttp: boolean;
   #http: AdminHttp | null = null;
   /** Bound port of the admin HTTP listener (admin.listen); null when there is none. */
   adminPort: number | null = null;
@@ -62,6 +67,11 @@ export class Postern {
     }
     this.ctx = new Context(config, log, clientTls, auth.state);
     this.#configFile = opts.configFile;
+    this.#adminHttp = opts.adminHttp !== false;
+    if (opts.peers !== undefined) {
+      this.ctx.peers = opts.peers;
+      this.ctx.setIdBase(opts.peers.index);
+    }
     this.ctx.control = {
       reload: () => this.reload(this.#configFile),
       set: (key, value) => this.set(key, value),
@@ -91,6 +101,10 @@ export class Postern {
         sock.destroy();
       });
     }
+  }
+
+  get configFile(): string | undefined {
+    return this.#configFile;
   }
 
   get log(): Logger {
@@ -135,7 +149,7 @@ export class Postern {
       this.ctx.stats.normalizer = await loadNormalizer();
     }
     this.#applyStats(cfg);
-    if (cfg.admin.listen !== undefined) {
+    if (cfg.admin.listen !== undefined && this.#adminHttp) {
       const metrics = new MetricsRegistry(() => (this.ctx.snapshots !== null ? this.ctx.snapshots() : Promise.resolve(collect(this.ctx))));
       this.#http = new AdminHttp(
         metrics,

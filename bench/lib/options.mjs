@@ -19,8 +19,8 @@ export const HELP = `Usage: node bench/run.mjs [flags]        (or: npm run bench
   --out DIR            results directory (default bench/results)
   --copy-mb N          size of the copy-stream COPY in MiB (default 1024)
   --idle N             idle-clients session count (default 10000)
-  --idle-postern N     cap for Postern in idle-clients: each client holds a server
-                       connection (session mode), so N needs N server backends (default 1000)
+  --idle-postern N     cap for Postern in idle-clients (default: none; an idle Postern
+                       client holds no server connection, as in PgBouncer)
   --scale N            pgbench scale factor (default 10)
   --jobs N             pgbench threads, -j (default 1; capped at the client count)
   --pause S            pause between runs in seconds (default 1)
@@ -96,7 +96,7 @@ export function parseOptions(argv) {
     out: values.out ?? 'bench/results',
     copyMb: positiveInt('copy-mb', values['copy-mb'] ?? (q ? 256 : 1024)),
     idle: positiveInt('idle', values.idle ?? (q ? 1000 : 10000)),
-    idlePostern: positiveInt('idle-postern', values['idle-postern'] ?? 1000),
+    idlePostern: values['idle-postern'] === undefined ? Number.POSITIVE_INFINITY : positiveInt('idle-postern', values['idle-postern']),
     scale: positiveInt('scale', values.scale ?? 10),
     jobs: positiveInt('jobs', values.jobs ?? 1),
     pause: Number(values.pause ?? 1),

@@ -20,7 +20,7 @@ function whyMissing(target, cell, ctx) {
   if (target === 'pgbouncer' && !ctx.pgbouncerAvailable) return `PgBouncer not installed (${ctx.pgbouncerBin})`;
   if (cell.kind === 'idle' && target === 'direct') return 'no proxy process to weigh (direct to PostgreSQL)';
   if (cell.kind === 'idle' && (target === 'postern' || target === 'variant')) {
-    return `capped at --idle-postern ${ctx.opts.idlePostern}: in session mode each Postern client holds a server connection, so N clients need N PostgreSQL backends`;
+    return `capped at --idle-postern ${ctx.opts.idlePostern}`;
   }
   return 'not run';
 }
@@ -350,9 +350,7 @@ export function renderMarkdown(ctx, rows, meta) {
       ),
     );
     out.push('');
-    out.push(
-      'Postern in session mode also holds one PostgreSQL backend per idle client (not counted above: only the proxy process is weighed); PgBouncer holds none for an idle client.',
-    );
+    out.push('Neither proxy holds a PostgreSQL backend for a client that has not sent a query (only the proxy process is weighed).');
     out.push('');
   }
 

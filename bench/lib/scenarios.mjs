@@ -104,8 +104,8 @@ export function buildCells(opts, available) {
     } else if (s.kind === 'copy') {
       cells.push({ ...base, id: `${name}/${opts.copyMb}MB`, copyMb: opts.copyMb, variants: variantsFor() });
     } else {
-      // Direct has no proxy to weigh; Postern holds one server connection per
-      // client, so it runs at min(N, --idle-postern) and a row at full N says so.
+      // Direct has no proxy to weigh; --idle-postern can cap Postern's N (a
+      // row at full N then says so).
       const sizes = [...new Set([Math.min(opts.idle, opts.idlePostern), opts.idle])];
       for (const n of sizes) {
         const filter = (v) => v !== 'direct' && (!v.startsWith('postern') || n <= opts.idlePostern);

@@ -15,6 +15,7 @@ import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { Histogram, SHAPE_BOUNDS_US } from '../stats/histogram.ts';
 import { type AdminCommand, AdminError, parseAdminCommand } from './commands.ts';
 import type { AdminResult } from './console.ts';
+import { runControl } from './control.ts';
 import type { Cell, Column, ColumnType } from './encode.ts';
 import { collect, type PoolRow, type Snapshot } from './snapshot.ts';
 
@@ -78,8 +79,8 @@ const SHOW_COLUMNS: Readonly<Record<string, Column[]>> = {
   pools: cols(
     'database user cl_active:int4 cl_waiting:int4 cl_active_cancel_req:int4 cl_waiting_cancel_req:int4 sv_active:int4 sv_active_cancel:int4 sv_being_canceled:int4 sv_idle:int4 sv_used:int4 sv_tested:int4 sv_login:int4 maxwait:int4 maxwait_us:int4 pool_mode cl_pinned:int4',
   ),
-  clients: cols(`${CONN_COLS} pinned`),
-  servers: cols(CONN_COLS),
+  clients: cols(`${CONN_COLS} pinned worker:int4`),
+  servers: cols(`${CONN_COLS} worker:int4`),
   stats: cols(`database ${STAT_NAMES.map((n) => `total_${n}:int8`).join(' ')} ${AVG_NAMES.map((n) => `avg_${n}:int8`).join(' ')}`),
   stats_totals: cols(`database ${STAT_NAMES.map((n) => `${n}:int8`).join(' ')}`),
   stats_averages: cols(`database ${AVG_NAMES.map((n) => `${n}:int8`).join(' ')}`),
@@ -264,7 +265,8 @@ function percentile(row: Snapshot['shapes'][number], q: number): number {
 
 /** The executor of one console session. */
 export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecutor {
-  const snapshot = (): Promise<Snapshot> => (ctx.snapshots !== null ? ctx.snapshots() : Promise.resolve(collect(ctx)));
+  const snapshot = (): Promise<Snapshot> =>
+    ctx.snapshots !== null ? ctx.snapshots() : Promise.resolve(collect(ctx, ctx.peers?.index ?? 0));
 
   const needAdmin = (cmd: AdminCommand): void => {
     if (who.readOnly && cmd.verb !== 'SHOW') throw new AdminError(SQLSTATE.InsufficientPrivilege, 'admin access needed');
@@ -272,13 +274,6 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
 
   const knownDb = (db: string | null): void => {
     if (db !== null && ctx.config.databases[db] === undefined) throw new AdminError(SQLSTATE.InvalidCatalogName, `no such database: ${db}`);
-  };
-
-  const waitFor = async (done: () => boolean): Promise<void> => {
-    while (!done()) {
-      if (who.alive !== undefined && !who.alive()) return;
-      await new Promise((r) => setTimeout(r, 25));
-    }
   };
 
   const showRows = async (what: string): Promise<Cell[][]> => {
@@ -309,9 +304,9 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
             p.cl_pinned,
           ]);
       case 'clients':
-        return snap.clients.sort((a, b) => a.id - b.id).map((c) => [...connRow('C', c, clientState(c), c.wait_us), c.pinned]);
+        return snap.clients.sort((a, b) => a.id - b.id).map((c) => [...connRow('C', c, clientState(c), c.wait_us), c.pinned, c.worker]);
       case 'servers':
-        return snap.servers.sort((a, b) => a.id - b.id).map((s) => connRow('S', s, serverState(s, checkDelay, now), 0));
+        return snap.servers.sort((a, b) => a.id - b.id).map((s) => [...connRow('S', s, serverState(s, checkDelay, now), 0), s.worker]);
       case 'stats': {
         const rows: Cell[][] = [];
         for (const [db, t] of [...totalsByDatabase(snap)].sort((a, b) => a[0].localeCompare(b[0]))) {
@@ -451,97 +446,32 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
         if (columns === undefined) throw new AdminError(SQLSTATE.SyntaxError, `invalid command 'SHOW ${cmd.what}', use SHOW HELP;`);
         return { columns, rows: await showRows(cmd.what), tag };
       }
-      case 'PAUSE': {
-        knownDb(cmd.db);
-        ctx.log.info({ admin: who.user, database: cmd.db ?? '*' }, 'PAUSE');
-        ctx.pools.pause(cmd.db);
-        // PgBouncer's PAUSE returns once every server connection of the paused
-        // databases is released and closed, so a script can restart the server next.
-        await waitFor(() => ctx.pools.pausedOpen(cmd.db) === 0);
-        return { columns: null, rows: [], tag };
-      }
-      case 'RESUME':
-        knownDb(cmd.db);
-        ctx.log.info({ admin: who.user, database: cmd.db ?? '*' }, 'RESUME');
-        ctx.pools.resume(cmd.db);
-        return { columns: null, rows: [], tag };
-      case 'DISABLE':
-      case 'ENABLE':
-        knownDb(cmd.db);
-        ctx.pools.setDisabled(cmd.db as string, cmd.verb === 'DISABLE');
-        ctx.log.info({ admin: who.user, database: cmd.db }, cmd.verb);
-        return { columns: null, rows: [], tag };
-      case 'RECONNECT':
-        knownDb(cmd.db);
-        for (const p of ctx.pools.all()) if (cmd.db === null || p.target.name === cmd.db) p.reconnect();
-        ctx.log.info({ admin: who.user, database: cmd.db ?? '*' }, 'RECONNECT');
-        return { columns: null, rows: [], tag };
-      case 'WAIT_CLOSE':
-        knownDb(cmd.db);
-        await waitFor(() => ctx.pools.all().every((p) => (cmd.db !== null && p.target.name !== cmd.db) || p.closeNeeded === 0));
-        return { columns: null, rows: [], tag };
-      case 'KILL': {
-        knownDb(cmd.db);
-        ctx.log.info({ admin: who.user, database: cmd.db ?? '*' }, 'KILL');
-        // PgBouncer: new clients of a killed database wait until RESUME.
-        ctx.pools.pause(cmd.db);
-        for (const s of [...ctx.sessions]) {
-          const i = s.info();
-          if (i.admin || i.state === 'closed') continue;
-          if (cmd.db === null || i.database === cmd.db)
-            s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
-        }
-        for (const p of ctx.pools.all()) if (cmd.db === null || p.target.name === cmd.db) p.kill();
-        return { columns: null, rows: [], tag };
-      }
-      case 'KILL_CLIENT': {
-        const target = [...ctx.sessions].find((s) => s.id === cmd.id);
-        if (target === undefined) throw new AdminError(SQLSTATE.UndefinedObject, `client ${cmd.id} not found`);
-        ctx.log.info({ admin: who.user, client: cmd.id }, 'KILL_CLIENT');
-        target.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
-        return { columns: null, rows: [], tag };
-      }
-      case 'RELOAD': {
-        const control = ctx.control;
-        if (control === null) throw new AdminError(SQLSTATE.FeatureNotSupported, 'RELOAD is not available in this process');
-        const problems = control.reload();
-        if (problems.length > 0) {
-          throw new AdminError(
-            SQLSTATE.ConfigFileError,
-            'reload refused: the configuration is invalid',
-            problems.map((p) => `${p.path || '(file)'}: ${p.message}`).join('\n'),
-          );
-        }
-        return { columns: null, rows: [], tag };
-      }
-      case 'SET': {
-        const control = ctx.control;
-        if (control === null) throw new AdminError(SQLSTATE.FeatureNotSupported, 'SET is not available in this process');
-        const problems = control.set(cmd.key, cmd.value);
-        if (problems.length > 0) {
-          throw new AdminError(SQLSTATE.InvalidParameterValue, problems.map((p) => `${p.path}: ${p.message}`).join('; '));
-        }
-        return { columns: null, rows: [], tag };
-      }
-      case 'SHUTDOWN': {
-        const control = ctx.control;
-        if (control === null) throw new AdminError(SQLSTATE.FeatureNotSupported, 'SHUTDOWN is not available in this process');
-        ctx.log.info({ admin: who.user }, 'SHUTDOWN');
-        // After this command's answer went out.
-        setImmediate(() => control.shutdown());
-        return { columns: null, rows: [], tag };
-      }
       case 'SUSPEND':
         throw new AdminError(
           SQLSTATE.FeatureNotSupported,
           'SUSPEND is not supported',
           'PgBouncer uses SUSPEND for its online restart; restart Postern with SIGTERM (it drains sessions) instead.',
         );
-      default:
-        throw new AdminError(SQLSTATE.SyntaxError, 'invalid command');
+      default: {
+        if ('db' in cmd) knownDb(cmd.db);
+        const alive = who.alive ?? (() => true);
+        // Every worker process runs the command on its own pools and sessions.
+        const outcomes =
+          ctx.peers !== null ? await ctx.peers.everywhere(cmd, who.user, alive) : [await runControl(ctx, cmd, who.user, alive)];
+        if (cmd.verb === 'KILL_CLIENT' && !outcomes.some((o) => o.found)) {
+          throw new AdminError(SQLSTATE.UndefinedObject, `client ${cmd.id} not found`);
+        }
+        const problems = outcomes.flatMap((o) => o.problems);
+        if (problems.length > 0) {
+          const text = [...new Set(problems.map((p) => `${p.path || '(file)'}: ${p.message}`))];
+          if (cmd.verb === 'RELOAD')
+            throw new AdminError(SQLSTATE.ConfigFileError, 'reload refused: the configuration is invalid', text.join('\n'));
+          throw new AdminError(SQLSTATE.InvalidParameterValue, text.join('; '));
+        }
+        return { columns: null, rows: [], tag };
+      }
     }
   };
-
   const describe = (sql: string): Column[] | null => {
     const cmd = parseAdminCommand(sql);
     if (cmd.verb !== 'SHOW' || cmd.what === 'help') return null;

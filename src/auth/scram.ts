@@ -310,7 +310,13 @@ export function tlsServerEndPoint(certDer: Buffer): Buffer | null {
  * address should share one (ScramServerOptions.mockSecret), or an unknown
  * user shows a different salt per process and is told apart from a real one.
  */
-const PROCESS_MOCK_SECRET = randomBytes(32);
+const PROCESS_MOCK_SECRET = mockSecretFromEnv() ?? randomBytes(32);
+
+/** Worker processes of one instance share the secret their primary generated (src/cluster/primary.ts). */
+function mockSecretFromEnv(): Buffer | null {
+  const hex = process.env.POSTERN_MOCK_SECRET;
+  return hex !== undefined && /^[0-9a-f]{64}$/.test(hex) ? Buffer.from(hex, 'hex') : null;
+}
 
 export interface ScramServerOptions {
   /**

@@ -13,6 +13,18 @@ import type { ServerTlsOptions } from '../tls/contexts.ts';
 export interface ServerTransport {
   socket: net.Socket;
   tls: { version: string; cipher: string } | null;
+  /** The socket delivers its bytes to the `onread` callback given to connectServer, not as 'data' events. */
+  onread: boolean;
+}
+
+/**
+ * Reads into caller-owned memory (net.Socket's `onread`): `buffer` is asked
+ * for the memory of the next read after every callback, so a buffer can be
+ * reused as long as nothing still refers to the bytes of the last read.
+ */
+export interface ReadInto {
+  buffer: () => Buffer;
+  callback: (n: number, buf: Buffer) => boolean;
 }
 
 export class ServerConnectError extends Error {
@@ -24,10 +36,23 @@ export class ServerConnectError extends Error {
   }
 }
 
-export function connectServer(host: string, port: number, tlsOpts: ServerTlsOptions, timeoutMs: number): Promise<ServerTransport> {
+/**
+ * `readInto` is used for a plaintext link (tls.mode disable): no SSLRequest
+ * answer to read first, and no TLS layer that would own the reads.
+ */
+export function connectServer(
+  host: string,
+  port: number,
+  tlsOpts: ServerTlsOptions,
+  timeoutMs: number,
+  readInto?: ReadInto,
+): Promise<ServerTransport> {
   return new Promise((resolve, reject) => {
     let done = false;
-    let current: net.Socket = net.connect({ host, port, noDelay: true });
+    const direct = readInto !== undefined && tlsOpts.mode === 'disable';
+    let current: net.Socket = direct
+      ? net.connect({ host, port, noDelay: true, onread: readInto })
+      : net.connect({ host, port, noDelay: true });
     const timer = setTimeout(
       () => fail(new ServerConnectError('ERR_SERVER_CONNECT_TIMEOUT', `timeout connecting to ${host}:${port}`)),
       timeoutMs,
@@ -53,7 +78,7 @@ export function connectServer(host: string, port: number, tlsOpts: ServerTlsOpti
     current.once('error', fail);
     current.once('connect', () => {
       if (tlsOpts.mode === 'disable') {
-        succeed({ socket: current, tls: null });
+        succeed({ socket: current, tls: null, onread: direct });
         return;
       }
       const raw = current;
@@ -66,7 +91,7 @@ export function connectServer(host: string, port: number, tlsOpts: ServerTlsOpti
         }
         if (answer === 0x4e /* N */) {
           if (tlsOpts.mode === 'prefer') {
-            succeed({ socket: raw, tls: null });
+            succeed({ socket: raw, tls: null, onread: false });
           } else {
             fail(new ServerConnectError('ERR_SERVER_NO_TLS', 'server does not support TLS, but tls.mode requires it'));
           }
@@ -94,7 +119,7 @@ export function connectServer(host: string, port: number, tlsOpts: ServerTlsOpti
             return;
           }
           const c = secure.getCipher();
-          succeed({ socket: secure, tls: { version: secure.getProtocol() ?? 'unknown', cipher: c.name } });
+          succeed({ socket: secure, tls: { version: secure.getProtocol() ?? 'unknown', cipher: c.name }, onread: false });
         });
       });
       raw.write(SSL_REQUEST);

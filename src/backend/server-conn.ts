@@ -37,7 +37,7 @@ import { Reader } from '../protocol/reader.ts';
 import { encodeStartup } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { ServerTlsOptions } from '../tls/contexts.ts';
-import { connectServer } from './connect.ts';
+import { connectServer, type ReadInto } from './connect.ts';
 import type { ServerStatements } from './prepared.ts';
 
 export const SV = {
@@ -87,8 +87,11 @@ export interface ServerLink {
    * Called before (true) and after (false) the frames of one received chunk
    * are delivered, so the link can batch what it writes in between (cork).
    * The pair always goes to the same link, even when the chunk detaches it.
+   * At the end (false), returns true when the link still refers to bytes of
+   * the chunk (queued for a client that is not keeping up): the connection
+   * then reads into fresh memory instead of reusing it.
    */
-  onServerChunk?(start: boolean): void;
+  onServerChunk?(start: boolean): boolean;
   onServerRun(buf: Buffer, start: number, end: number): void;
   onServerMessage(type: number, buf: Buffer, start: number, end: number): void;
   /** A frame of a peeked type (see attach): it is forwarded in a run as well; only look. */
@@ -124,10 +127,26 @@ interface LoginState {
   resolve: () => void;
   reject: (e: Error) => void;
 }
+/** Size of a plaintext link's read buffer (libuv's default read size). */
+const READ_BUFFER = 64 * 1024;
+
 let nextServerId = 1;
+let serverIdStride = 1;
+
+/** Server connection ids of worker `index` of `count`: index+1, index+1+count, ... (unique over all workers). */
+export function setServerIdSpace(index: number, count: number): void {
+  nextServerId = index + 1;
+  serverIdStride = count;
+}
+
+function takeServerId(): number {
+  const id = nextServerId;
+  nextServerId += serverIdStride;
+  return id;
+}
 
 export class ServerConn implements FrameSink {
-  readonly id = nextServerId++;
+  readonly id = takeServerId();
   readonly target: ServerTarget;
   readonly user: string;
   readonly params = new Map<string, string>();
@@ -191,25 +210,46 @@ export class ServerConn implements FrameSink {
    */
   async #transport(inspect: Uint8Array, maxMessage: number): Promise<net.Socket> {
     const t = this.target;
-    const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout);
+    const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout, this.#readInto);
     const socket = transport.socket;
     this.#socket = socket;
     this.tls = transport.tls;
     this.#stream = new MessageStream(this, ALL_BACKEND, inspect, maxMessage);
-    socket.on('data', (chunk: Buffer) => {
-      const link = this.#link;
-      if (link?.onServerChunk === undefined) {
-        this.#stream?.push(chunk);
-        return;
-      }
-      link.onServerChunk(true);
-      this.#stream?.push(chunk);
-      link.onServerChunk(false);
-    });
+    if (!transport.onread) socket.on('data', (chunk: Buffer) => this.#onChunk(chunk));
     socket.on('error', (err: Error) => this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'server socket error'));
     socket.on('close', () => this.#onClose());
     socket.on('drain', () => this.#link?.onServerDrain());
     return socket;
+  }
+
+  /**
+   * Reads on a plaintext link land in one reused buffer (no allocation per
+   * read, nothing for the garbage collector while a large result streams).
+   * The buffer is reused only when nothing refers to the last read's bytes:
+   * not while logging in (authentication state may keep a view), and not
+   * when the link still has some of them queued for its client.
+   */
+  #rbuf: Buffer = Buffer.allocUnsafe(READ_BUFFER);
+  #readInto: ReadInto = {
+    buffer: () => this.#rbuf,
+    callback: (n: number, buf: Buffer): boolean => {
+      const retained = this.#onChunk(buf.subarray(0, n));
+      if (retained || this.#login !== null) this.#rbuf = Buffer.allocUnsafe(READ_BUFFER);
+      return true;
+    },
+  };
+
+  /** One received chunk through the framer; true when the link may still refer to its bytes. */
+  #onChunk(chunk: Buffer): boolean {
+    const link = this.#link;
+    if (link?.onServerChunk === undefined) {
+      this.#stream?.push(chunk);
+      // No batching link (a pool's drain, a query of Postern's own): they copy what they keep.
+      return false;
+    }
+    link.onServerChunk(true);
+    this.#stream?.push(chunk);
+    return link.onServerChunk(false);
   }
 
   /** Connects and logs in; resolves at the first ReadyForQuery. */

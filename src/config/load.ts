@@ -4,6 +4,7 @@
 // each with its key path, so `postern check` can list them all at once.
 
 import { accessSync, constants, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { type Config, configSchema, SETTINGS } from './schema.ts';
@@ -130,8 +131,26 @@ function readable(file: string | undefined, path: string, problems: ConfigProble
   }
 }
 
+/** The number of worker processes `workers` asks for. */
+export function workerCount(c: Pick<Config, 'workers'>): number {
+  return c.workers === 'auto' ? Math.max(1, availableParallelism()) : c.workers;
+}
+
 function crossCheck(c: Config): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
+  const n = workerCount(c);
+  if (n > 1) {
+    // Split limits: every worker needs a share of at least one.
+    const atLeast = (path: string, v: number | undefined, zeroOk = false): void => {
+      if (v === undefined || (zeroOk && v === 0) || v >= n) return;
+      problems.push({ path, message: `${v} is less than workers (${n}): the limit is split over the workers and each needs at least 1` });
+    };
+    atLeast('pool.default_pool_size', c.pool.default_pool_size);
+    atLeast('pool.max_client_conn', c.pool.max_client_conn);
+    atLeast('pool.max_db_connections', c.pool.max_db_connections, true);
+    atLeast('pool.max_user_connections', c.pool.max_user_connections, true);
+    for (const [name, db] of Object.entries(c.databases)) atLeast(`databases.${name}.pool_size`, db.pool_size);
+  }
   const t = c.tls;
   if ((t.cert === undefined) !== (t.key === undefined)) {
     problems.push({ path: t.cert === undefined ? 'tls.cert' : 'tls.key', message: 'tls.cert and tls.key must be given together' });

@@ -348,6 +348,15 @@ export const SETTINGS: readonly Setting[] = [
   row('limits.shutdown_timeout', 'duration', duration, '30s', false, 'On SIGTERM, how long open sessions may run before they are closed.'),
 
   row(
+    'workers',
+    'int',
+    z.union([z.number().int().min(1).max(64), z.literal('auto')]),
+    1,
+    false,
+    'Worker processes serving the one client port (`auto`: one per CPU core). Connections are handed out round-robin; global limits (`pool.max_client_conn`, pool sizes, `max_db_connections`, `max_user_connections`) are split evenly over the workers, so their sum is the configured value; cancel requests reach the worker that owns the session; the admin console and `/metrics` show all workers together.',
+  ),
+
+  row(
     'log.level',
     'enum',
     z.enum(LOG_LEVELS),
@@ -528,6 +537,7 @@ export interface Config {
     throttle_delay: number;
   };
   limits: { max_message_size: number; client_login_timeout: number; server_connect_timeout: number; shutdown_timeout: number };
+  workers: number | 'auto';
   log: { level: (typeof LOG_LEVELS)[number]; queries: boolean };
   admin: { listen?: string; users: string[]; stats_users: string[] };
   stats: { queries: boolean; max_queries: number };

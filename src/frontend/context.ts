@@ -2,9 +2,10 @@
 // loggers, TLS servers, the cancel-key registry and the live session set.
 // Side channels (metrics, admin) read these same objects.
 
-import { randomBytes, randomInt, X509Certificate } from 'node:crypto';
+import { randomBytes, randomInt, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type tls from 'node:tls';
+import type { ControlCommand, ControlOutcome } from '../admin/control.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
 import { tlsServerEndPoint } from '../auth/scram.ts';
 import type { StoredSecret } from '../auth/secrets.ts';
@@ -13,7 +14,7 @@ import { LoginThrottle } from '../auth/throttle.ts';
 import { PoolRegistry } from '../backend/pool.ts';
 import { StatementCache } from '../backend/prepared.ts';
 import type { ServerConn, ServerTarget } from '../backend/server-conn.ts';
-import type { Config } from '../config/schema.ts';
+import type { Config, PoolConfig } from '../config/schema.ts';
 import type { AuditLog } from '../observability/audit.ts';
 import type { Logger } from '../observability/log.ts';
 import { Stats } from '../stats/registry.ts';
@@ -59,6 +60,17 @@ export interface Control {
   shutdown(): void;
 }
 
+/** The other worker processes, when Postern runs several (workers: N; src/cluster). */
+export interface Peers {
+  /** This worker's index (0-based) and the number of workers. */
+  readonly index: number;
+  readonly count: number;
+  /** Runs a control command in every worker, this one included; resolves with every outcome. */
+  everywhere(cmd: ControlCommand, who: string, alive: () => boolean): Promise<ControlOutcome[]>;
+  /** A cancel request no session of this worker owns: the worker that does checks the key. */
+  cancel(pid: number, key: Buffer): void;
+}
+
 /** What a session exposes to the rest of Postern. */
 export interface SessionHandle {
   readonly id: number;
@@ -82,6 +94,7 @@ export class Context {
   readonly sessions = new Set<SessionHandle>();
   readonly #byPid = new Map<number, SessionHandle>();
   #nextId = 1;
+  #shared: { from: PoolConfig; value: PoolConfig } | null = null;
   shuttingDown = false;
   auth: AuthState;
   readonly throttle: LoginThrottle;
@@ -105,6 +118,8 @@ export class Context {
   control: Control | null = null;
   /** Where the admin console and metrics get their snapshot when several processes serve (null: this process alone). */
   snapshots: (() => Promise<Snapshot>) | null = null;
+  /** The other worker processes; null when this process serves alone. */
+  peers: Peers | null = null;
   readonly version = VERSION;
   readonly startedAt = Date.now();
 
@@ -115,7 +130,7 @@ export class Context {
     this.auth = auth;
     this.pools = new PoolRegistry(
       log,
-      () => this.config.pool,
+      () => this.#poolShare(),
       () => this.config.limits.max_message_size,
     );
     const a = config.auth;
@@ -146,8 +161,52 @@ export class Context {
     };
   }
 
+  /** The pool settings with this process's share of the global connection limits (0 = unlimited stays 0). */
+  #poolShare(): PoolConfig {
+    const pool = this.config.pool;
+    if (this.peers === null || this.peers.count <= 1) return pool;
+    if (this.#shared?.from === pool) return this.#shared.value;
+    const value: PoolConfig = {
+      ...pool,
+      min_pool_size: this.share(pool.min_pool_size),
+      reserve_pool_size: this.share(pool.reserve_pool_size),
+      max_db_connections: pool.max_db_connections === 0 ? 0 : this.share(pool.max_db_connections),
+      max_user_connections: pool.max_user_connections === 0 ? 0 : this.share(pool.max_user_connections),
+    };
+    this.#shared = { from: pool, value };
+    return value;
+  }
+
   nextId(): number {
-    return this.#nextId++;
+    // Ids stay unique over all worker processes: worker i of n hands out i+1, i+1+n, ...
+    const id = this.#nextId;
+    this.#nextId += this.peers?.count ?? 1;
+    return id;
+  }
+
+  /** Starts the id sequence of worker `index` (see nextId). */
+  setIdBase(index: number): void {
+    this.#nextId = index + 1;
+  }
+
+  /**
+   * This process's share of a limit that is global over all worker
+   * processes (max_client_conn, pool sizes): split evenly, the first workers
+   * taking the remainder, so the shares add up to the limit exactly.
+   */
+  share(total: number): number {
+    const p = this.peers;
+    if (p === null || p.count <= 1) return total;
+    return Math.floor(total / p.count) + (p.index < total % p.count ? 1 : 0);
+  }
+
+  /** A CancelRequest: forwards it when a live session of this process has that key; false otherwise. */
+  cancelByKey(pid: number, key: Buffer): boolean {
+    const target = this.#byPid.get(pid);
+    if (target === undefined || target.cancelKey.length !== key.length || !timingSafeEqual(target.cancelKey, key)) return false;
+    this.stats.count(this.stats.cancels, 'forwarded');
+    target.cancel();
+    return true;
   }
 
   /** A fresh (pid, key) pair unique among live sessions. Key length 4 for protocol 3.0, 32 for 3.2. */

@@ -9,7 +9,6 @@
 // sent as ErrorResponse with Postgres's SQLSTATE; anything unexpected is
 // logged and the client gets a generic error.
 
-import { timingSafeEqual } from 'node:crypto';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { AdminConsole } from '../admin/console.ts';
@@ -145,7 +144,7 @@ export const upgrading = new WeakMap<net.Socket, ClientSession>();
 
 export class ClientSession implements SessionHandle, PoolWaiter {
   readonly id: number;
-  readonly log: Logger;
+  #log: Logger | null = null;
   cancelKey: Buffer = Buffer.alloc(0);
   #ctx: Context;
   #raw: net.Socket;
@@ -221,7 +220,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   constructor(ctx: Context, socket: net.Socket) {
     this.#ctx = ctx;
     this.id = ctx.nextId();
-    this.log = ctx.log.child({ client: this.id });
+
     this.#raw = socket;
     this.#client = socket;
     socket.setNoDelay(true);
@@ -230,9 +229,25 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     socket.on('close', this.#onClientClose);
     this.#loginTimer = setTimeout(this.#onLoginTimeout, ctx.config.limits.client_login_timeout);
     this.#loginTimer.unref();
-    this.#overLimit = ctx.sessions.size >= ctx.config.pool.max_client_conn;
+    this.#overLimit = ctx.sessions.size >= ctx.share(ctx.config.pool.max_client_conn);
     ctx.track(this);
-    this.log.debug({ addr: socket.remoteAddress, port: socket.remotePort }, 'client connected');
+    this.#debug({ addr: socket.remoteAddress, port: socket.remotePort }, 'client connected');
+  }
+
+  /**
+   * The session's logger: a child carrying `client`, made at the first line
+   * logged (an idle client that never logs costs no logger).
+   */
+  get log(): Logger {
+    this.#log ??= this.#ctx.log.child({ client: this.id });
+    return this.#log;
+  }
+
+  /** Debug lines without making the child logger when debug is off. */
+  #debug(obj: object | string, msg?: string): void {
+    if (!this.#ctx.log.isLevelEnabled('debug')) return;
+    if (typeof obj === 'string') this.log.debug(obj);
+    else this.log.debug(obj, msg);
   }
 
   get state(): SessionState {
@@ -309,7 +324,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
           } else {
             this.#gssTried = true;
           }
-          this.log.debug({ request: packet.kind }, 'answered N');
+          this.#debug({ request: packet.kind }, 'answered N');
           this.#raw.write(BYTE_N);
           return;
         }
@@ -359,7 +374,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#ctx.stats.count(this.#ctx.stats.tlsHandshakes, `${info.version}/ok`);
     this.#client = sock;
     sock.on('error', this.#onClientError);
-    this.log.debug({ tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn }, 'TLS established');
+    this.#debug({ tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn }, 'TLS established');
     this.#setState(STATE.Negotiating);
     if (info.direct && info.alpn !== ALPN_POSTGRESQL && !this.#ctx.config.tls.direct_without_alpn) {
       this.#fatal(SQLSTATE.ProtocolViolation, 'received direct SSL connection request without ALPN protocol negotiation extension');
@@ -377,15 +392,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #handleCancelRequest(pid: number, key: Buffer): void {
-    const target = this.#ctx.byPid(pid);
-    if (target !== undefined && target.cancelKey.length === key.length && timingSafeEqual(target.cancelKey, key)) {
-      this.log.debug({ target: target.id }, 'cancel request');
-      this.#ctx.stats.count(this.#ctx.stats.cancels, 'forwarded');
-      target.cancel();
+    if (this.#ctx.cancelByKey(pid, key)) this.#debug('cancel request');
+    else if (this.#ctx.peers !== null) {
+      // Another worker process may own that session: it checks the key itself.
+      this.#ctx.peers.cancel(pid, key);
     } else {
       this.#ctx.stats.count(this.#ctx.stats.cancels, 'unknown');
       // Unknown keys are ignored, as Postgres does; say nothing either way.
-      this.log.debug('cancel request with unknown key ignored');
+      this.#debug('cancel request with unknown key ignored');
     }
     this.#destroy();
   }
@@ -462,7 +476,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#requestMinor = Math.min(minor, LATEST_MINOR);
     this.#negotiatedMinor = this.#requestMinor;
     this.#client.removeListener('data', this.#onStartupData);
-    this.log.debug({ user, database, protocol: `3.${minor}`, tls: this.#tls?.version ?? null }, 'startup');
+    this.#debug({ user, database, protocol: `3.${minor}`, tls: this.#tls?.version ?? null }, 'startup');
     // From here on the client speaks typed messages.
     this.#clientStream = new MessageStream(this.#clientSink, VALID_FRONTEND, CLIENT_INSPECT_ALL, cfg.limits.max_message_size);
     this.#client.on('drain', this.#onClientDrain);
@@ -507,7 +521,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     let ruleMethod = rule?.method ?? 'md5';
     if (this.#isAdmin && ruleMethod === 'passthrough') ruleMethod = 'md5';
     this.authMethod = ruleMethod;
-    if (rule !== null) this.log.debug({ line: rule.line, method: rule.method }, 'hba rule matched');
+    if (rule !== null) this.#debug({ line: rule.line, method: rule.method }, 'hba rule matched');
     if (ruleMethod === 'passthrough') {
       this.#startRelay();
       return;
@@ -712,7 +726,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     const cfg = this.#ctx.config;
     this.#ctx.count(this.#ctx.logins, `${method}/ok`);
     this.#loginOutcome = { ok: true, reason: null };
-    this.log.debug({ user: this.#user, method }, 'client authenticated');
+    this.#debug({ user: this.#user, method }, 'client authenticated');
     if (this.#isAdmin) {
       this.#startAdmin();
       return;
@@ -740,15 +754,17 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     for (const [k, v] of parseOptions(this.#params.get('options') ?? '')) if (GUC_NAME.test(k)) this.#desired.set(k, v);
     const mode = mapping?.pool_mode ?? db.pool_mode ?? cfg.pool.pool_mode;
-    const pool = this.#ctx.pools.get(target, serverUser, mode, db.pool_size ?? cfg.pool.default_pool_size);
+    const pool = this.#ctx.pools.get(target, serverUser, mode, this.#ctx.share(db.pool_size ?? cfg.pool.default_pool_size));
     // The newest credentials open the pool's next connections.
     if (secret.password !== undefined || secret.scramKeys !== undefined || secret.md5 !== undefined) pool.secret = secret;
     this.#pool = pool;
     this.#poolMode = mode;
     this.#traffic = this.#ctx.stats.traffic(this.#database, this.#user);
     this.#setState(STATE.Connecting);
-    if (mode !== 'session' && pool.welcome !== null) {
-      // Transaction/statement mode: no server needed until the first query.
+    if (pool.welcome !== null) {
+      // No server needed until the first query, in every mode (as in
+      // PgBouncer): an idle client holds no server connection. In session
+      // mode the one it gets then stays its own until it leaves.
       this.#greet(pool.welcome);
       return;
     }
@@ -972,10 +988,9 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#clientStream?.setInspect(CLIENT_INSPECT);
     if (!this.#isAdmin) {
       this.#traffic ??= this.#ctx.stats.traffic(this.#database, this.#user);
-      this.#tracker = new QueryTracker(this.#trackerSink, this.#ctx.stats.wantsTextFn);
       this.#clientStream?.setPeek(CLIENT_PEEK);
     }
-    this.log.debug({ database: this.#database, user: this.#user, method: this.authMethod }, 'session active');
+    this.#debug({ database: this.#database, user: this.#user, method: this.authMethod }, 'session active');
   }
 
   /** Auth passthrough: open a server connection with the client's own startup and relay its exchange. */
@@ -1005,7 +1020,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
           server.destroy();
           return;
         }
-        this.log.debug({ server: `${target.host}:${target.port}`, tls: server.tls?.version ?? null }, 'server connected');
+        this.#debug({ server: `${target.host}:${target.port}`, tls: server.tls?.version ?? null }, 'server connected');
         this.#client.resume();
       },
       (err: Error) => {
@@ -1108,7 +1123,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       if (type === FE.Terminate) {
         // A pooled server outlives its client: the goodbye is not passed on.
         if ((this.#state === STATE.Active || this.#state === STATE.Relaying) && this.#pool === null) this.#toServer(buf, start, end);
-        this.log.debug('client terminated');
+        this.#debug('client terminated');
         this.#clientStream?.kill();
         this.#close();
         return;
@@ -1203,8 +1218,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #serverLink: ServerLink = {
     // What one server chunk makes Postern send to the client leaves in one write.
     onServerChunk: (start) => {
-      if (start) this.#client.cork();
-      else this.#client.uncork();
+      const client = this.#client;
+      if (start) {
+        client.cork();
+        return false;
+      }
+      client.uncork();
+      // Anything still queued may be a view of the chunk's memory.
+      return client.writableLength > 0;
     },
     onServerRun: (buf, start, end) => this.#toClient(buf, start, end),
     onServerPeek: (type, buf, start, end) => {
@@ -1269,13 +1290,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
           // Channel binding ties SCRAM to the TLS channel the *server* sees;
           // the client's channel ends at Postern, so -PLUS cannot pass through.
           const mechs = decodeSaslMechanisms(auth.data).filter((m) => !m.endsWith('-PLUS'));
-          this.log.debug({ mechanisms: mechs }, 'server requests SASL');
+          this.#debug({ mechanisms: mechs }, 'server requests SASL');
           this.#saslRequested = true;
           this.#send(encodeAuthSasl(mechs));
           return;
         }
         if (auth.code === AUTH.Ok) {
-          this.log.debug('authenticated by server');
+          this.#debug('authenticated by server');
           this.#ctx.count(this.#ctx.logins, 'passthrough/ok');
           this.#loginOutcome = { ok: true, reason: null };
         }
@@ -1390,7 +1411,9 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       if (type === FE.Parse) t.parses++;
       else if (type === FE.Bind) t.binds++;
     }
-    this.#tracker?.onClientFrame(type, buf, start, end);
+    // Made at the first statement: an idle client holds none.
+    this.#tracker ??= new QueryTracker(this.#trackerSink, this.#ctx.stats.wantsTextFn);
+    this.#tracker.onClientFrame(type, buf, start, end);
   }
 
   /** An ErrorResponse reaches the client: counted by SQLSTATE class. */
@@ -1523,11 +1546,11 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #onClientError = (err: Error): void => {
-    this.log.debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'client socket error');
+    this.#debug({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'client socket error');
   };
 
   #onClientClose = (): void => {
-    if (this.#state !== STATE.Closed) this.log.debug('client disconnected');
+    if (this.#state !== STATE.Closed) this.#debug('client disconnected');
     this.#close();
   };
 
@@ -1600,7 +1623,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     if (client !== this.#raw && !this.#raw.destroyed) setTimeout(() => this.#raw.destroy(), 5000).unref();
     this.#admin?.close();
-    this.log.debug({ bytesIn: this.bytesIn, bytesOut: this.bytesOut, ms: Date.now() - this.startedAt }, 'session closed');
+    this.#debug({ bytesIn: this.bytesIn, bytesOut: this.bytesOut, ms: Date.now() - this.startedAt }, 'session closed');
     if (this.#user !== '') this.#ctx.audit?.session(this.#auditRecord());
   }
 

@@ -65,8 +65,8 @@ export class MessageStream {
   #max: number;
   /** Bytes of an uninspected frame still to pass through. */
   #pass = 0;
-  /** A header split across chunks. */
-  #hdr = Buffer.alloc(5);
+  /** A header split across chunks (made the first time one is: idle connections hold none). */
+  #hdr: Buffer | null = null;
   #hdrLen = 0;
   /** An inspected frame split across chunks. */
   #msg: Buffer | null = null;
@@ -173,23 +173,24 @@ export class MessageStream {
         if (this.#dead) return;
       }
     } else if (this.#hdrLen > 0) {
+      const hdr = this.#hdr as Buffer;
       const n = Math.min(5 - this.#hdrLen, end);
-      chunk.copy(this.#hdr, this.#hdrLen, 0, n);
+      chunk.copy(hdr, this.#hdrLen, 0, n);
       this.#hdrLen += n;
       off = n;
       if (this.#hdrLen < 5) return;
       this.#hdrLen = 0;
-      const type = this.#hdr[0] as number;
-      const total = this.#check(type, this.#hdr.readInt32BE(1));
+      const type = hdr[0] as number;
+      const total = this.#check(type, hdr.readInt32BE(1));
       if (total < 0) return;
       if (this.#count !== null) this.#tally(type);
       if (this.#inspect[type] === 1) {
         this.#msg = Buffer.allocUnsafe(total);
-        this.#hdr.copy(this.#msg, 0);
+        hdr.copy(this.#msg, 0);
         this.#msgLen = 5;
       } else {
         // The stashed header was never forwarded: send a copy (the stash is reused).
-        this.#sink.onRun(Buffer.from(this.#hdr), 0, 5);
+        this.#sink.onRun(Buffer.from(hdr), 0, 5);
         const rest = total - 5;
         const n2 = Math.min(rest, end - off);
         this.#pass = rest - n2;
@@ -199,7 +200,7 @@ export class MessageStream {
         if (this.#pass > 0) {
           if (off > runStart) this.#sink.onRun(chunk, runStart, off);
           if (peeked) {
-            this.#hdr.copy(this.#peekStart(total), 0, 0, 5);
+            hdr.copy(this.#peekStart(total), 0, 0, 5);
             this.#peekLen = 5;
             this.#peekAdd(chunk, runStart, off);
           }
@@ -207,7 +208,7 @@ export class MessageStream {
         }
         if (peeked) {
           if (off > runStart) this.#sink.onRun(chunk, runStart, off);
-          this.#hdr.copy(this.#peekStart(total), 0, 0, 5);
+          hdr.copy(this.#peekStart(total), 0, 0, 5);
           this.#peekLen = 5;
           this.#peekAdd(chunk, runStart, off);
           if (this.#dead) return;
@@ -233,6 +234,7 @@ export class MessageStream {
     while (off < end) {
       if (end - off < 5) {
         if (off > runStart) this.#sink.onRun(chunk, runStart, off);
+        this.#hdr ??= Buffer.alloc(5);
         chunk.copy(this.#hdr, 0, off, end);
         this.#hdrLen = end - off;
         return;

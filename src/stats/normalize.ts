@@ -20,6 +20,7 @@
 // parsed=false.
 
 import { createHash } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
 import { fingerprintSync, loadModule, normalizeSync } from 'libpg-query';
 import { Lexer, TOKEN } from '../sql/lexer.ts';
 
@@ -231,6 +232,13 @@ export class Normalizer {
 
 /** Loads the PostgreSQL parser (WebAssembly, once per process) and returns a Normalizer using it. */
 export async function loadNormalizer(opts?: NormalizerOptions): Promise<Normalizer> {
+  // V8's optimizing WebAssembly tier compiles the whole parser in the
+  // background and keeps about 100 MB of memory for it; the baseline tier
+  // (Liftoff) keeps a few MB and is fast enough for a parser that runs once
+  // per new query shape. Measured: RSS 161 MB vs 60 MB after 100 calls, and
+  // no slower for the first thousands of calls. It must be set before the
+  // module compiles; Postern runs no other WebAssembly on its data path.
+  setFlagsFromString('--liftoff-only');
   await loadModule();
   return new Normalizer(opts);
 }
