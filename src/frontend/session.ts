@@ -190,6 +190,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #overLimit: boolean;
   /** Transaction mode: named prepared statements made to work across server connections. */
   #rw: PreparedRewriter | null = null;
+  /** The session uses a rewriter (transaction mode); it is made at the client's first message. */
+  #rwWanted = false;
   /** Why this client keeps its server connection for the rest of its session (transaction mode); null: it does not. */
   pinned: string | null = null;
   /** Session-level SETs of unreported settings to carry across servers: name -> SQL value text. */
@@ -870,12 +872,19 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#clientStream?.setCount(CLIENT_COUNT);
     if (this.#poolMode !== 'session') this.#clientStream?.setInspect(CLIENT_INSPECT_STATEMENTS);
     if (this.#poolMode === 'transaction' && this.#ctx.config.pool.max_prepared_statements > 0) {
-      this.#rw = new PreparedRewriter(this.#ctx.statements, {
-        toServer: (b, st, e) => this.#toServer(b, st, e),
-        toClient: (b, st, e) => this.#toClient(b, st, e),
-      });
+      // The rewriter itself is made when the client first sends something
+      // (see #onClientData): nothing can be owed before that, and an idle
+      // client then holds none.
+      this.#rwWanted = true;
       this.#clientStream?.setInspect(union(CLIENT_INSPECT_PREPARED, CLIENT_INSPECT_STATEMENTS));
     }
+  }
+
+  #makeRewriter(): PreparedRewriter {
+    return new PreparedRewriter(this.#ctx.statements, {
+      toServer: (b, st, e) => this.#toServer(b, st, e),
+      toClient: (b, st, e) => this.#toClient(b, st, e),
+    });
   }
 
   /**
@@ -1049,6 +1058,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     if (this.#traffic !== null) this.#traffic.received += chunk.length;
     this.#lastClientActivity = Date.now();
     if (this.#server === null && this.#pool !== null && this.#state === STATE.Active) {
+      // Before the server is attached: it must be attached with the rewriter's inspect table.
+      if (this.#rwWanted && this.#rw === null) this.#rw = this.#makeRewriter();
       // Transaction mode between transactions: a Terminate alone needs no server.
       if (this.#held.length === 0 && chunk.length === 5 && chunk[0] === FE.Terminate) {
         this.#close();
