@@ -122,10 +122,27 @@ export async function measureCopy(ctx, cell, v) {
   const t0 = process.hrtime.bigint();
   let code;
   let stderr = '';
+  let received = 0;
   try {
+    // A slow client: psql's output is read here at cell.slow MiB/s, so psql
+    // stops reading its socket and the proxy must hold the server back.
     const child = trackChild(
-      spawn(ctx.psqlBin, ['-X', '-q', '-w', '-v', 'ON_ERROR_STOP=1', '-c', sql], { env, stdio: ['ignore', devnull, 'pipe'] }),
+      spawn(ctx.psqlBin, ['-X', '-q', '-w', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
+        env,
+        stdio: ['ignore', cell.slow ? 'pipe' : devnull, 'pipe'],
+      }),
     );
+    if (cell.slow) {
+      const perMs = (cell.slow * 1024 * 1024) / 1000;
+      child.stdout.on('data', (d) => {
+        received += d.length;
+        const ahead = received / perMs - Number(process.hrtime.bigint() - t0) / 1e6;
+        if (ahead > 5) {
+          child.stdout.pause();
+          setTimeout(() => child.stdout.resume(), ahead);
+        }
+      });
+    }
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (d) => {
       if (stderr.length < 4096) stderr += d;
@@ -138,11 +155,11 @@ export async function measureCopy(ctx, cell, v) {
   proxy.stop();
   const sampled = sampler?.stop();
   const hwm = v.pid ? treePeakRssKb(v.pid) : undefined;
-  const ok = code === 0;
+  const ok = code === 0 && (!cell.slow || received === cell.copyMb * 1024 * 1024);
   const mb = cell.copyMb;
   return {
     ok,
-    error: ok ? undefined : `psql exit ${code}: ${stderr.trim().slice(0, 300)}`,
+    error: ok ? undefined : `psql exit ${code}${cell.slow ? `, ${received} bytes received` : ''}: ${stderr.trim().slice(0, 300)}`,
     megabytes: mb,
     seconds,
     mbPerSec: ok ? mb / seconds : undefined,

@@ -24,6 +24,7 @@ export const HELP = `Usage: node bench/run.mjs [flags]        (or: npm run bench
   --scale N            pgbench scale factor (default 10)
   --jobs N             pgbench threads, -j (default 1; capped at the client count)
   --pause S            pause between runs in seconds (default 1)
+  --slow-mbps N        read rate of the slow client in copy-stream-slow, MiB/s (default 64)
   --variant NAME:K=V[;K=V...]
                        also run a second Postern with these config overrides (keys as in the
                        config file, values in YAML), interleaved with the first, e.g.
@@ -81,6 +82,7 @@ export function parseOptions(argv) {
       jobs: { type: 'string' },
       pause: { type: 'string' },
       variant: { type: 'string' },
+      'slow-mbps': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -101,6 +103,7 @@ export function parseOptions(argv) {
     jobs: positiveInt('jobs', values.jobs ?? 1),
     pause: Number(values.pause ?? 1),
     variant: values.variant === undefined ? undefined : parseVariant(values.variant),
+    slowMbps: positiveInt('slow-mbps', values['slow-mbps'] ?? 64),
   };
   for (const s of opts.scenarios)
     if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}"; known: ${ALL_SCENARIOS.join(', ')}`);

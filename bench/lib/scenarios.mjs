@@ -48,6 +48,12 @@ export const SCENARIOS = {
     poolModes: ['session'],
     doc: 'psql COPY (generate_series) TO STDOUT > /dev/null, MB/s and proxy peak RSS',
   },
+  'copy-stream-slow': {
+    kind: 'copy',
+    slow: true,
+    poolModes: ['session'],
+    doc: 'the same COPY read by a slow client (--slow-mbps): the proxy must hold the server back, not buffer',
+  },
   'idle-clients': { kind: 'idle', poolModes: ['session'], doc: 'N idle logged-in sessions, proxy RSS per client, plaintext' },
   'idle-clients-tls': { kind: 'idle', tls: true, poolModes: ['session'], doc: 'N idle logged-in sessions over TLS, proxy RSS per client' },
 };
@@ -60,6 +66,7 @@ export const QUICK_SCENARIOS = [
   'connect-storm',
   'connect-storm-tls',
   'copy-stream',
+  'copy-stream-slow',
   'idle-clients',
   'idle-clients-tls',
 ];
@@ -102,7 +109,13 @@ export function buildCells(opts, available) {
     if (s.kind === 'pgbench') {
       for (const c of opts.clients) cells.push({ ...base, id: `${name}/c${c}`, clients: c, variants: variantsFor() });
     } else if (s.kind === 'copy') {
-      cells.push({ ...base, id: `${name}/${opts.copyMb}MB`, copyMb: opts.copyMb, variants: variantsFor() });
+      cells.push({
+        ...base,
+        id: `${name}/${opts.copyMb}MB`,
+        copyMb: opts.copyMb,
+        slow: s.slow ? opts.slowMbps : undefined,
+        variants: variantsFor(),
+      });
     } else {
       // Direct has no proxy to weigh; --idle-postern can cap Postern's N (a
       // row at full N then says so).

@@ -161,6 +161,9 @@ export class Pool {
     this.#active.delete(conn);
     conn.owner = null;
     conn.detach();
+    // Its client may have paused it (backpressure) and left before 'drain':
+    // a pooled connection always reads, so what it sends while idle is seen.
+    conn.resume();
     const cfg = this.#host.poolConfig();
     if (
       !reusable ||
@@ -206,6 +209,8 @@ export class Pool {
   reclaim(conn: ServerConn, owed: number): void {
     this.#active.delete(conn);
     conn.owner = null;
+    // The drain below must read, whatever backpressure its client left it in.
+    conn.resume();
     this.#used.add(conn);
     conn.state = SV.Used;
     let settled = false;

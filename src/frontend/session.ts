@@ -989,6 +989,9 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       }
     }
     pool.release(conn, reusable && conn.cancelsInFlight === 0 && this.#swallow === 0);
+    // The server's 'drain' will not reach this session any more: a client
+    // paused by that server's backpressure reads again now.
+    if (this.#client.isPaused() && this.#waitingFor === null) this.#client.resume();
   }
 
   #becomeActive(): void {
@@ -1695,6 +1698,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       admin: this.#isAdmin,
       pinned: this.pinned,
       preparedStatements: this.#rw?.statementCount ?? 0,
+      outBuffered: this.#client.writableLength,
       server: this.#server,
       relayed: this.#pool === null && this.#server !== null,
     };
