@@ -12,7 +12,7 @@ import { Context, type Peers } from './frontend/context.ts';
 import { ClientSession, upgrading } from './frontend/session.ts';
 import { AdminHttp } from './metrics/http.ts';
 import { MetricsRegistry } from './metrics/registry.ts';
-import { AuditLog } from './observability/audit.ts';
+import { AuditLog, statementFields } from './observability/audit.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { SQLSTATE } from './protocol/sqlstate.ts';
 import { loadNormalizer } from './stats/normalize.ts';
@@ -114,22 +114,7 @@ export class Postern {
   /** Normalized statements for log.queries and audit.statements; never literal values. */
   #onStatement = (r: StatementRecord): void => {
     const cfg = this.ctx.config;
-    if (cfg.log.queries) {
-      this.log.info(
-        {
-          client: r.client,
-          database: r.database,
-          user: r.user,
-          application_name: r.application,
-          fingerprint: r.shape.fingerprint,
-          query: r.shape.normalized,
-          duration_us: Math.round(r.durationUs),
-          rows: r.rows,
-          sqlstate: r.sqlstate,
-        },
-        'query',
-      );
-    }
+    if (cfg.log.queries) this.log.info(statementFields(r), 'query');
     this.ctx.audit?.statement(r);
   };
 

@@ -147,7 +147,8 @@ export async function measureCopy(ctx, cell, v) {
     child.stderr.on('data', (d) => {
       if (stderr.length < 4096) stderr += d;
     });
-    [code] = await once(child, 'exit');
+    // 'close', not 'exit': a paused reader may still have psql's last bytes in the pipe.
+    [code] = await once(child, cell.slow ? 'close' : 'exit');
   } finally {
     closeSync(devnull);
   }

@@ -13,10 +13,12 @@ import { formatDuration } from '../config/units.ts';
 import type { Context } from '../frontend/context.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { Histogram, SHAPE_BOUNDS_US } from '../stats/histogram.ts';
+import type { Totals } from '../stats/registry.ts';
 import { type AdminCommand, AdminError, parseAdminCommand } from './commands.ts';
 import type { AdminResult } from './console.ts';
 import { runControl } from './control.ts';
 import type { Cell, Column, ColumnType } from './encode.ts';
+import { addAverages } from './merge.ts';
 import { collect, type PoolRow, type Snapshot } from './snapshot.ts';
 
 export interface AdminExecutor {
@@ -47,32 +49,25 @@ function cols(spec: string): Column[] {
 
 const CONN_COLS =
   'type user database replication state addr port:int4 local_addr local_port:int4 connect_time request_time wait:int4 wait_us:int4 close_needed:int4 ptr link remote_pid:int4 tls application_name prepared_statements:int4 id:int8';
-const STAT_NAMES = [
-  'server_assignment_count',
-  'xact_count',
-  'query_count',
-  'received',
-  'sent',
-  'xact_time',
-  'query_time',
-  'wait_time',
-  'client_parse_count',
-  'server_parse_count',
-  'bind_count',
-] as const;
-const AVG_NAMES = [
-  'server_assignment_count',
-  'xact_count',
-  'query_count',
-  'recv',
-  'sent',
-  'xact_time',
-  'query_time',
-  'wait_time',
-  'client_parse_count',
-  'server_parse_count',
-  'bind_count',
-] as const;
+/**
+ * SHOW STATS columns in PgBouncer's order: the total_ name, the avg_ name and
+ * the counter of stats/registry.ts's Totals behind both.
+ */
+const STAT_COLUMNS: ReadonlyArray<readonly [string, string, keyof Totals]> = [
+  ['server_assignment_count', 'server_assignment_count', 'assignments'],
+  ['xact_count', 'xact_count', 'xacts'],
+  ['query_count', 'query_count', 'queries'],
+  ['received', 'recv', 'received'],
+  ['sent', 'sent', 'sent'],
+  ['xact_time', 'xact_time', 'xactUs'],
+  ['query_time', 'query_time', 'queryUs'],
+  ['wait_time', 'wait_time', 'waitUs'],
+  ['client_parse_count', 'client_parse_count', 'parses'],
+  ['server_parse_count', 'server_parse_count', 'serverParses'],
+  ['bind_count', 'bind_count', 'binds'],
+];
+const STAT_NAMES = STAT_COLUMNS.map((c) => c[0]);
+const AVG_NAMES = STAT_COLUMNS.map((c) => c[1]);
 
 /** Result columns of every SHOW, by its lower-case name. */
 const SHOW_COLUMNS: Readonly<Record<string, Column[]>> = {
@@ -175,33 +170,28 @@ function serverState(s: Snapshot['servers'][number], checkDelay: number, now: nu
   }
 }
 
-interface Totals {
-  server_assignment_count: number;
-  xact_count: number;
-  query_count: number;
-  received: number;
-  sent: number;
-  xact_time: number;
-  query_time: number;
-  wait_time: number;
-  client_parse_count: number;
-  server_parse_count: number;
-  bind_count: number;
+/** The SHOW STATS values of some Totals, in STAT_COLUMNS order (times in whole microseconds). */
+function statValues(t: Totals | undefined): number[] {
+  return STAT_COLUMNS.map(([, , k]) => (t === undefined ? 0 : Math.round(t[k])));
+}
+
+function addTotals(into: Totals, t: Totals): void {
+  for (const [, , k] of STAT_COLUMNS) into[k] += t[k];
 }
 
 function zeroTotals(): Totals {
   return {
-    server_assignment_count: 0,
-    xact_count: 0,
-    query_count: 0,
+    xacts: 0,
+    queries: 0,
     received: 0,
     sent: 0,
-    xact_time: 0,
-    query_time: 0,
-    wait_time: 0,
-    client_parse_count: 0,
-    server_parse_count: 0,
-    bind_count: 0,
+    xactUs: 0,
+    queryUs: 0,
+    waitUs: 0,
+    assignments: 0,
+    parses: 0,
+    binds: 0,
+    serverParses: 0,
   };
 }
 
@@ -213,25 +203,9 @@ function totalsByDatabase(snap: Snapshot): Map<string, Totals> {
       a = zeroTotals();
       out.set(t.database, a);
     }
-    a.server_assignment_count += t.assignments;
-    a.xact_count += t.xacts;
-    a.query_count += t.queries;
-    a.received += t.received;
-    a.sent += t.sent;
-    a.xact_time += Math.round(t.xactUs);
-    a.query_time += Math.round(t.queryUs);
-    a.wait_time += Math.round(t.waitUs);
-    a.client_parse_count += t.parses;
-    a.server_parse_count += t.serverParses;
-    a.bind_count += t.binds;
+    addTotals(a, t);
   }
   return out;
-}
-
-function averagesRow(snap: Snapshot, db: string): number[] {
-  const a = snap.averages[db];
-  if (a === undefined) return AVG_NAMES.map(() => 0);
-  return [a.assignments, a.xacts, a.queries, a.received, a.sent, a.xactUs, a.queryUs, a.waitUs, a.parses, a.serverParses, a.binds];
 }
 
 /** Configured settings, one row per key (wildcard sections are shown by SHOW DATABASES / USERS). */
@@ -310,23 +284,25 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
       case 'stats': {
         const rows: Cell[][] = [];
         for (const [db, t] of [...totalsByDatabase(snap)].sort((a, b) => a[0].localeCompare(b[0]))) {
-          rows.push([db, ...STAT_NAMES.map((n) => t[n]), ...averagesRow(snap, db)]);
+          rows.push([db, ...statValues(t), ...statValues(snap.averages[db])]);
         }
         return rows;
       }
       case 'stats_totals':
-        return [...totalsByDatabase(snap)].sort((a, b) => a[0].localeCompare(b[0])).map(([db, t]) => [db, ...STAT_NAMES.map((n) => t[n])]);
+        return [...totalsByDatabase(snap)].sort((a, b) => a[0].localeCompare(b[0])).map(([db, t]) => [db, ...statValues(t)]);
       case 'stats_averages':
-        return [...totalsByDatabase(snap).keys()].sort().map((db) => [db, ...averagesRow(snap, db)]);
+        return [...totalsByDatabase(snap).keys()].sort().map((db) => [db, ...statValues(snap.averages[db])]);
       case 'totals': {
         const all = zeroTotals();
-        for (const t of totalsByDatabase(snap).values()) for (const n of STAT_NAMES) all[n] += t[n];
-        const avg = AVG_NAMES.map(() => 0);
-        for (const db of Object.keys(snap.averages)) {
-          const row = averagesRow(snap, db);
-          for (let i = 0; i < row.length; i++) avg[i] = (avg[i] as number) + (row[i] as number);
-        }
-        return [...STAT_NAMES.map((n) => [`total_${n}`, all[n]]), ...AVG_NAMES.map((n, i) => [`avg_${n}`, avg[i] as number])];
+        for (const t of totalsByDatabase(snap).values()) addTotals(all, t);
+        const avg = zeroTotals();
+        for (const a of Object.values(snap.averages)) addAverages(avg, a);
+        const totals = statValues(all);
+        const avgs = statValues(avg);
+        return [
+          ...STAT_NAMES.map((n, i) => [`total_${n}`, totals[i] as number]),
+          ...AVG_NAMES.map((n, i) => [`avg_${n}`, avgs[i] as number]),
+        ];
       }
       case 'databases': {
         const pool = ctx.config.pool;

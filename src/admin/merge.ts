@@ -4,7 +4,7 @@
 // (their ids are unique over all workers), traffic and query shapes add up
 // per key, histograms bucket by bucket.
 
-import type { HistData, PoolRow, ShapeRow, Snapshot, TrafficRow } from './snapshot.ts';
+import type { Averages, HistData, PoolRow, ShapeRow, Snapshot, TrafficRow } from './snapshot.ts';
 
 function addHist(a: HistData, b: HistData): HistData {
   return { buckets: a.buckets.map((v, i) => v + (b.buckets[i] ?? 0)), count: a.count + b.count, sum: a.sum + b.sum };
@@ -42,6 +42,25 @@ const TRAFFIC_SUMS = [
   'serverParses',
   'binds',
 ] as const;
+
+/**
+ * Adds averages `a` into `into`: rates add up; times are per transaction,
+ * query or assignment, so they are averaged weighted by those rates.
+ */
+export function addAverages(into: Averages, a: Averages): void {
+  const weighted = (x: number, wx: number, y: number, wy: number): number => (wx + wy > 0 ? Math.round((x * wx + y * wy) / (wx + wy)) : 0);
+  into.xactUs = weighted(into.xactUs, into.xacts, a.xactUs, a.xacts);
+  into.queryUs = weighted(into.queryUs, into.queries, a.queryUs, a.queries);
+  into.waitUs = weighted(into.waitUs, into.assignments, a.waitUs, a.assignments);
+  into.xacts += a.xacts;
+  into.queries += a.queries;
+  into.received += a.received;
+  into.sent += a.sent;
+  into.assignments += a.assignments;
+  into.parses += a.parses;
+  into.serverParses += a.serverParses;
+  into.binds += a.binds;
+}
 
 export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
   const first = snaps[0];
@@ -89,25 +108,8 @@ export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
     }
     for (const [db, a] of Object.entries(s.averages)) {
       const have = out.averages[db];
-      if (have === undefined) {
-        out.averages[db] = { ...a };
-        continue;
-      }
-      // Rates add up; times are per transaction, query or assignment, so they
-      // are averaged weighted by those rates.
-      const weighted = (x: number, wx: number, y: number, wy: number): number =>
-        wx + wy > 0 ? Math.round((x * wx + y * wy) / (wx + wy)) : 0;
-      have.xactUs = weighted(have.xactUs, have.xacts, a.xactUs, a.xacts);
-      have.queryUs = weighted(have.queryUs, have.queries, a.queryUs, a.queries);
-      have.waitUs = weighted(have.waitUs, have.assignments, a.waitUs, a.assignments);
-      have.xacts += a.xacts;
-      have.queries += a.queries;
-      have.received += a.received;
-      have.sent += a.sent;
-      have.assignments += a.assignments;
-      have.parses += a.parses;
-      have.serverParses += a.serverParses;
-      have.binds += a.binds;
+      if (have === undefined) out.averages[db] = { ...a };
+      else addAverages(have, a);
     }
     for (const k of Object.keys(out.counters) as Array<keyof Snapshot['counters']>) addRecord(out.counters[k], s.counters[k]);
     for (const sh of s.shapes) {

@@ -8,6 +8,7 @@
 import type { PoolMode } from '../config/schema.ts';
 import type { Context } from '../frontend/context.ts';
 import type { Histogram } from '../stats/histogram.ts';
+import type { Totals } from '../stats/registry.ts';
 
 /** One histogram as plain data: Prometheus-style cumulative counts per bound, plus count and sum. */
 export interface HistData {
@@ -78,20 +79,10 @@ export interface ServerRow {
   worker: number;
 }
 
-export interface TrafficRow {
+/** One (database, user)'s traffic: the counters of stats/registry.ts's Totals, and its histograms. */
+export interface TrafficRow extends Totals {
   database: string;
   user: string;
-  xacts: number;
-  queries: number;
-  received: number;
-  sent: number;
-  xactUs: number;
-  queryUs: number;
-  waitUs: number;
-  assignments: number;
-  parses: number;
-  serverParses: number;
-  binds: number;
   queryHist: HistData;
   xactHist: HistData;
   waitHist: HistData;
@@ -115,20 +106,8 @@ export interface ShapeRow {
   last_seen: number;
 }
 
-/** Per-second rates and per-query/transaction times over the last stats period (SHOW STATS avg_*). */
-export interface Averages {
-  xacts: number;
-  queries: number;
-  received: number;
-  sent: number;
-  xactUs: number;
-  queryUs: number;
-  waitUs: number;
-  assignments: number;
-  parses: number;
-  serverParses: number;
-  binds: number;
-}
+/** Per-second rates and per-query/transaction times over the last stats period (SHOW STATS avg_*), in Totals' fields. */
+export type Averages = Totals;
 
 export interface Snapshot {
   at: number;

@@ -6,6 +6,21 @@
 import { pino } from 'pino';
 import type { StatementRecord } from '../stats/registry.ts';
 
+/** A statement as logs and the audit trail show it: names, the normalized text, numbers; never a literal. */
+export function statementFields(r: StatementRecord): Record<string, unknown> {
+  return {
+    client: r.client,
+    database: r.database,
+    user: r.user,
+    application_name: r.application,
+    fingerprint: r.shape.fingerprint,
+    query: r.shape.normalized,
+    duration_us: Math.round(r.durationUs),
+    rows: r.rows,
+    sqlstate: r.sqlstate,
+  };
+}
+
 export class AuditLog {
   readonly #dest: ReturnType<typeof pino.destination>;
   statements: boolean;
@@ -26,18 +41,7 @@ export class AuditLog {
   /** One record per executed statement (audit.statements). */
   statement(r: StatementRecord): void {
     if (!this.statements) return;
-    this.#write({
-      kind: 'statement',
-      client: r.client,
-      database: r.database,
-      user: r.user,
-      application_name: r.application,
-      fingerprint: r.shape.fingerprint,
-      query: r.shape.normalized,
-      duration_us: Math.round(r.durationUs),
-      rows: r.rows,
-      sqlstate: r.sqlstate,
-    });
+    this.#write({ kind: 'statement', ...statementFields(r) });
   }
 
   #write(record: Record<string, unknown>): void {

@@ -17,7 +17,7 @@ import { freePort, type PgCluster, startPostgres } from '../../src/dev/cluster.t
 import { pgEnv, psql, run, startCli, waitUntil } from '../helpers/postern.ts';
 
 const PW = { app: 'workers-app-pw-51', admin: 'workers-admin-pw-77' };
-const MAX_CLIENTS = 6;
+const MAX_CLIENTS = 10;
 let dir: string;
 let cluster: PgCluster;
 let cli: ReturnType<typeof startCli>;
@@ -163,6 +163,7 @@ test('a cancel request reaches the query wherever its session lives', async () =
 });
 
 test('max_client_conn is split over the workers, never multiplied', async () => {
+  await waitUntil(async () => (await show('CLIENTS')).filter((c) => c.database === 'appdb').length === 0, 10_000, 'earlier clients gone');
   const clients: pg.Client[] = [];
   let refused = 0;
   for (let i = 0; i < MAX_CLIENTS + 4; i++) {
@@ -182,6 +183,8 @@ test('max_client_conn is split over the workers, never multiplied', async () => 
   } finally {
     await Promise.all(clients.map((c) => c.end()));
   }
+  // The next tests need the room back: wait until both workers have seen these clients leave.
+  await waitUntil(async () => (await show('CLIENTS')).filter((c) => c.database === 'appdb').length === 0, 10_000, 'clients gone');
 });
 
 test('PAUSE and RESUME act on every worker', async () => {
