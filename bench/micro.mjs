@@ -96,10 +96,10 @@ if (!only || only.has('forward')) {
   let written = 0;
   let ready = 0;
   const serverSink = {
-    onRun: (buf, s, e) => {
+    onRun: (_buf, s, e) => {
       written += e - s;
     },
-    onMessage: (type, buf, s, e) => {
+    onMessage: (type, _buf, s, e) => {
       if (type === BE.ReadyForQuery) ready++;
       written += e - s;
     },
@@ -107,10 +107,10 @@ if (!only || only.has('forward')) {
     onViolation: noop,
   };
   const clientSink = {
-    onRun: (buf, s, e) => {
+    onRun: (_buf, s, e) => {
       written += e - s;
     },
-    onMessage: (type, buf, s, e) => {
+    onMessage: (_type, _buf, s, e) => {
       written += e - s;
     },
     onPeek: noop,

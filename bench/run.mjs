@@ -176,9 +176,12 @@ async function main() {
   );
 
   cells = buildCells(opts, { posternModes: ctx.posternModes, pgbouncer: ctx.pgbouncerAvailable });
+  // The proxies and the idle-session script raise their own soft limit up to the hard one.
   const fdLimit = openFilesLimit();
   if (cells.some((c) => c.kind === 'idle') && fdLimit !== undefined && fdLimit < opts.idle + 500) {
-    log(`warning: open-files limit ${fdLimit} is below --idle ${opts.idle} + 500; idle-clients runs will fail (raise it with ulimit -n)`);
+    log(
+      `warning: the hard open-files limit ${fdLimit} is below --idle ${opts.idle} + 500; idle-clients runs will fail (raise it, e.g. in /etc/security/limits.conf)`,
+    );
   }
   const maxClients = Math.max(...opts.clients);
   const sessionPoolSize = maxClients + 5;
@@ -283,10 +286,10 @@ async function main() {
   return 0;
 }
 
-/** Soft RLIMIT_NOFILE of this process (inherited by PgBouncer and the idle-session script). */
+/** Hard RLIMIT_NOFILE of this process: how far its children may raise their own. */
 function openFilesLimit() {
   try {
-    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    const m = /^Max open files\s+(?:\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
     return m && m[1] !== 'unlimited' ? Number(m[1]) : undefined;
   } catch {
     return undefined;

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { stopChild, trackChild } from './cleanup.mjs';
 import { runPgbench } from './pgbench.mjs';
 import { clockTicks, resetPeakRss, sampleRss, treeCpuTicks, treePeakRssKb, treeRssKb } from './procfs.mjs';
-import { delay, psqlAt } from './services.mjs';
+import { delay, psqlAt, withFileLimit } from './services.mjs';
 
 const MAX_STORM_THREADS = 64;
 const IDLE_SCRIPT = fileURLToPath(new URL('./idle-client.mjs', import.meta.url));
@@ -189,8 +189,7 @@ export async function measureIdle(ctx, cell, v) {
   proxy.start();
   const child = trackChild(
     spawn(
-      process.execPath,
-      [
+      ...withFileLimit(process.execPath, [
         IDLE_SCRIPT,
         '--host',
         v.host,
@@ -205,7 +204,7 @@ export async function measureIdle(ctx, cell, v) {
         '--batch',
         '200',
         ...(cell.tls ? ['--tls'] : []),
-      ],
+      ]),
       { env: { ...process.env, PGPASSWORD: ctx.password }, stdio: ['pipe', 'pipe', 'pipe'] },
     ),
   );

@@ -17,6 +17,15 @@ export const PGBOUNCER_BIN = '/usr/sbin/pgbouncer';
 
 const READY_TIMEOUT_MS = 30_000;
 
+/**
+ * [file, args] that run `cmd args` with its open-files limit raised first
+ * (idle-clients needs 10,000+ sockets; a fresh machine's soft limit is
+ * often 1024). `exec` keeps the pid, so the process is still measured by pid.
+ */
+export function withFileLimit(cmd, args) {
+  return ['/bin/sh', ['-c', 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"', cmd, ...args]];
+}
+
 export function delay(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -227,7 +236,7 @@ export async function startPostern({
   const logPath = join(dir, `${name}.log`);
   const logFile = await open(logPath, 'a');
   const child = trackChild(
-    spawn(process.execPath, [...nodeArgs, join(root, 'dist/main.js'), '--config', configPath], {
+    spawn(...withFileLimit(process.execPath, [...nodeArgs, join(root, 'dist/main.js'), '--config', configPath]), {
       cwd: root,
       stdio: ['ignore', logFile.fd, logFile.fd],
       env: { ...process.env, NODE_ENV: 'production' },
@@ -308,7 +317,7 @@ export async function startPgbouncer({ dir, pg, verifier, certs, freePort, maxCl
   const out = await open(join(bdir, 'stdout.log'), 'a');
   if (who) await out.chown(who.uid, who.gid);
   const child = trackChild(
-    spawn(PGBOUNCER_BIN, [iniPath], {
+    spawn(...withFileLimit(PGBOUNCER_BIN, [iniPath]), {
       cwd: bdir,
       stdio: ['ignore', out.fd, out.fd],
       ...(who ? { uid: who.uid, gid: who.gid } : {}),
