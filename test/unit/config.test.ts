@@ -371,3 +371,25 @@ describe('CLI (dist/main.js)', () => {
     assert.match(r.stdout, /check --config/);
   });
 });
+
+it('the logger redacts every secret setting by the settings table, wherever a config object is logged', async () => {
+  const { Writable } = await import('node:stream');
+  const { createLogger, REDACT_PATHS } = await import('../../src/observability/log.ts');
+  const { SECRET_KEYS } = await import('../../src/config/schema.ts');
+  assert.ok(SECRET_KEYS.size >= 3);
+  for (const k of SECRET_KEYS) assert.ok(REDACT_PATHS.includes(`*.*.${k.split('.').pop()}`), k);
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  const log = createLogger('info', sink);
+  log.info({ config: { databases: { appdb: { server_password: 'leak-1' } }, auth: { query_password: 'leak-2' } } }, 'config');
+  log.info({ users: { bob: { server_password: 'leak-3' } } }, 'users');
+  await new Promise((r) => setImmediate(r));
+  const out = lines.join('');
+  assert.ok(out.includes('[redacted]'));
+  assert.doesNotMatch(out, /leak-\d/);
+});
