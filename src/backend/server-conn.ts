@@ -361,8 +361,10 @@ export class ServerConn implements FrameSink {
     this.#socket?.uncork();
   }
 
+  /** Reads again after pause(); a no-op when not paused (resume() on a flowing socket still schedules work). */
   resume(): void {
-    this.#socket?.resume();
+    const s = this.#socket;
+    if (s?.isPaused()) s.resume();
   }
 
   /**
