@@ -4,14 +4,12 @@
 
 import net from 'node:net';
 import type tls from 'node:tls';
-import { collect } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
 import { loadConfigFile } from './config/load.ts';
 import { type Config, type DatabaseConfig, SETTINGS } from './config/schema.ts';
 import { Context, type Peers } from './frontend/context.ts';
 import { ClientSession, upgrading } from './frontend/session.ts';
 import { AdminHttp } from './metrics/http.ts';
-import { MetricsRegistry } from './metrics/registry.ts';
 import { AuditLog, statementFields } from './observability/audit.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { SQLSTATE } from './protocol/sqlstate.ts';
@@ -135,17 +133,15 @@ export class Postern {
     }
     this.#applyStats(cfg);
     if (cfg.admin.listen !== undefined && this.#adminHttp) {
-      const metrics = new MetricsRegistry(() => (this.ctx.snapshots !== null ? this.ctx.snapshots() : Promise.resolve(collect(this.ctx))));
-      this.#http = new AdminHttp(
-        metrics,
-        {
-          listening: () => this.#listener?.listening === true && !this.ctx.shuttingDown,
-          servers: () => Object.entries(this.ctx.config.databases).map(([name, d]) => ({ name, host: d.host, port: d.port })),
-        },
+      const { http, port } = await AdminHttp.start(
+        cfg.admin.listen,
+        () => this.ctx.snapshot(),
+        () => this.#listener?.listening === true && !this.ctx.shuttingDown,
+        () => this.ctx.config.databases,
         this.log,
       );
-      this.adminPort = await this.#http.listen(cfg.admin.listen);
-      this.log.info({ listen: cfg.admin.listen, port: this.adminPort }, 'admin http listening');
+      this.#http = http;
+      this.adminPort = port;
     }
     return this.#listenClients();
   }

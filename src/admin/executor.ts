@@ -13,13 +13,13 @@ import { formatDuration } from '../config/units.ts';
 import type { Context } from '../frontend/context.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { Histogram, SHAPE_BOUNDS_US } from '../stats/histogram.ts';
-import type { Totals } from '../stats/registry.ts';
+import { addTotals, sumByDatabase, type Totals, zeroTotals } from '../stats/registry.ts';
 import { type AdminCommand, AdminError, parseAdminCommand } from './commands.ts';
 import type { AdminResult } from './console.ts';
 import { runControl } from './control.ts';
 import type { Cell, Column, ColumnType } from './encode.ts';
 import { addAverages } from './merge.ts';
-import { collect, type PoolRow, type Snapshot } from './snapshot.ts';
+import type { PoolRow, Snapshot } from './snapshot.ts';
 
 export interface AdminExecutor {
   execute(sql: string): Promise<AdminResult>;
@@ -175,39 +175,6 @@ function statValues(t: Totals | undefined): number[] {
   return STAT_COLUMNS.map(([, , k]) => (t === undefined ? 0 : Math.round(t[k])));
 }
 
-function addTotals(into: Totals, t: Totals): void {
-  for (const [, , k] of STAT_COLUMNS) into[k] += t[k];
-}
-
-function zeroTotals(): Totals {
-  return {
-    xacts: 0,
-    queries: 0,
-    received: 0,
-    sent: 0,
-    xactUs: 0,
-    queryUs: 0,
-    waitUs: 0,
-    assignments: 0,
-    parses: 0,
-    binds: 0,
-    serverParses: 0,
-  };
-}
-
-function totalsByDatabase(snap: Snapshot): Map<string, Totals> {
-  const out = new Map<string, Totals>();
-  for (const t of snap.traffic) {
-    let a = out.get(t.database);
-    if (a === undefined) {
-      a = zeroTotals();
-      out.set(t.database, a);
-    }
-    addTotals(a, t);
-  }
-  return out;
-}
-
 /** Configured settings, one row per key (wildcard sections are shown by SHOW DATABASES / USERS). */
 function configRows(ctx: Context): Cell[][] {
   const rows: Cell[][] = [];
@@ -239,9 +206,6 @@ function percentile(row: Snapshot['shapes'][number], q: number): number {
 
 /** The executor of one console session. */
 export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecutor {
-  const snapshot = (): Promise<Snapshot> =>
-    ctx.snapshots !== null ? ctx.snapshots() : Promise.resolve(collect(ctx, ctx.peers?.index ?? 0));
-
   const needAdmin = (cmd: AdminCommand): void => {
     if (who.readOnly && cmd.verb !== 'SHOW') throw new AdminError(SQLSTATE.InsufficientPrivilege, 'admin access needed');
   };
@@ -251,7 +215,7 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
   };
 
   const showRows = async (what: string): Promise<Cell[][]> => {
-    const snap = await snapshot();
+    const snap = await ctx.snapshot();
     const now = snap.at;
     const checkDelay = ctx.config.pool.server_check_query !== '' ? ctx.config.pool.server_check_delay : -1;
     switch (what) {
@@ -283,18 +247,18 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
         return snap.servers.sort((a, b) => a.id - b.id).map((s) => [...connRow('S', s, serverState(s, checkDelay, now), 0), s.worker]);
       case 'stats': {
         const rows: Cell[][] = [];
-        for (const [db, t] of [...totalsByDatabase(snap)].sort((a, b) => a[0].localeCompare(b[0]))) {
+        for (const [db, t] of [...sumByDatabase(snap.traffic)].sort((a, b) => a[0].localeCompare(b[0]))) {
           rows.push([db, ...statValues(t), ...statValues(snap.averages[db])]);
         }
         return rows;
       }
       case 'stats_totals':
-        return [...totalsByDatabase(snap)].sort((a, b) => a[0].localeCompare(b[0])).map(([db, t]) => [db, ...statValues(t)]);
+        return [...sumByDatabase(snap.traffic)].sort((a, b) => a[0].localeCompare(b[0])).map(([db, t]) => [db, ...statValues(t)]);
       case 'stats_averages':
-        return [...totalsByDatabase(snap).keys()].sort().map((db) => [db, ...statValues(snap.averages[db])]);
+        return [...sumByDatabase(snap.traffic).keys()].sort().map((db) => [db, ...statValues(snap.averages[db])]);
       case 'totals': {
         const all = zeroTotals();
-        for (const t of totalsByDatabase(snap).values()) addTotals(all, t);
+        for (const t of sumByDatabase(snap.traffic).values()) addTotals(all, t);
         const avg = zeroTotals();
         for (const a of Object.values(snap.averages)) addAverages(avg, a);
         const totals = statValues(all);

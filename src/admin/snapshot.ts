@@ -5,6 +5,7 @@
 // moment, and so snapshots of several worker processes can be merged (they
 // are JSON-serializable: numbers, strings, arrays).
 
+import type { ServerConn } from '../backend/server-conn.ts';
 import type { PoolMode } from '../config/schema.ts';
 import type { Context } from '../frontend/context.ts';
 import type { Histogram } from '../stats/histogram.ts';
@@ -38,7 +39,8 @@ export interface PoolRow {
   cl_pinned: number;
 }
 
-export interface ClientRow {
+/** What SHOW CLIENTS and SHOW SERVERS have in common (PgBouncer's socket columns). */
+interface ConnRow {
   id: number;
   user: string;
   database: string;
@@ -49,34 +51,22 @@ export interface ClientRow {
   local_port: number;
   connect_time: number;
   request_time: number;
-  wait_us: number;
+  /** id of the connection on the other side (server for a client, client for a server); null when unlinked. */
   link: number | null;
   remote_pid: number;
   tls: string;
   application_name: string;
   prepared_statements: number;
-  pinned: string | null;
   worker: number;
 }
 
-export interface ServerRow {
-  id: number;
-  user: string;
-  database: string;
-  state: string;
-  addr: string;
-  port: number;
-  local_addr: string;
-  local_port: number;
-  connect_time: number;
-  request_time: number;
+export interface ClientRow extends ConnRow {
+  wait_us: number;
+  pinned: string | null;
+}
+
+export interface ServerRow extends ConnRow {
   close_needed: number;
-  link: number | null;
-  remote_pid: number;
-  tls: string;
-  application_name: string;
-  prepared_statements: number;
-  worker: number;
 }
 
 /** One (database, user)'s traffic: the counters of stats/registry.ts's Totals, and its histograms. */
@@ -174,10 +164,13 @@ export function collect(ctx: Context, worker = 0): Snapshot {
     poolsByKey.set(p.key, row);
   }
   const clients: ClientRow[] = [];
+  // Server connections of passthrough sessions belong to no pool: listed with their client.
+  const relayed = new Map<ServerConn, number>();
   for (const s of ctx.sessions) {
     const i = s.info();
     if (i.state === 'closed') continue;
     const server = i.server;
+    if (i.relayed && server !== null) relayed.set(server, i.id);
     clients.push({
       id: i.id,
       user: i.user,
@@ -210,12 +203,10 @@ export function collect(ctx: Context, worker = 0): Snapshot {
   const owners = new Map<number, ClientRow>();
   for (const c of clients) owners.set(c.id, c);
   const servers: ServerRow[] = [];
-  const relayed = [...ctx.sessions].map((s) => s.info()).filter((i) => i.relayed && i.server !== null);
-  const conns = ctx.pools.all().flatMap((p) => p.connections());
-  for (const i of relayed) if (i.server !== null) conns.push(i.server);
+  const conns = [...ctx.pools.all().flatMap((p) => p.connections()), ...relayed.keys()];
   for (const conn of conns) {
     const sock = conn.socket;
-    const owner = conn.owner ?? null;
+    const owner = conn.owner ?? relayed.get(conn) ?? null;
     servers.push({
       id: conn.id,
       user: conn.user,

@@ -12,7 +12,6 @@ import { mergeSnapshots } from '../admin/merge.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
 import type { Config } from '../config/schema.ts';
 import { AdminHttp } from '../metrics/http.ts';
-import { MetricsRegistry } from '../metrics/registry.ts';
 import { createLogger, type Logger } from '../observability/log.ts';
 import { ENV, isMessage, type PrimaryToWorker, type WorkerToPrimary } from './messages.ts';
 
@@ -75,17 +74,15 @@ export class Primary {
     });
     const listen = this.#config.admin.listen;
     if (listen !== undefined) {
-      const metrics = new MetricsRegistry(() => this.snapshot());
-      this.#http = new AdminHttp(
-        metrics,
-        {
-          listening: () => !this.#stopping && this.#slots.every((s) => s.listening),
-          servers: () => Object.entries(this.#config.databases).map(([name, d]) => ({ name, host: d.host, port: d.port })),
-        },
+      const { http, port } = await AdminHttp.start(
+        listen,
+        () => this.snapshot(),
+        () => !this.#stopping && this.#slots.every((s) => s.listening),
+        () => this.#config.databases,
         this.log,
       );
-      this.adminPort = await this.#http.listen(listen);
-      this.log.info({ listen, port: this.adminPort }, 'admin http listening');
+      this.#http = http;
+      this.adminPort = port;
     }
     this.log.info({ workers: this.#count }, 'all workers listening');
   }

@@ -6,7 +6,7 @@ import { randomBytes, randomInt, timingSafeEqual, X509Certificate } from 'node:c
 import { readFileSync } from 'node:fs';
 import type tls from 'node:tls';
 import type { ControlCommand, ControlOutcome } from '../admin/control.ts';
-import type { Snapshot } from '../admin/snapshot.ts';
+import { collect, type Snapshot } from '../admin/snapshot.ts';
 import { tlsServerEndPoint } from '../auth/scram.ts';
 import type { StoredSecret } from '../auth/secrets.ts';
 import type { AuthState } from '../auth/store.ts';
@@ -120,6 +120,11 @@ export class Context {
   control: Control | null = null;
   /** Where the admin console and metrics get their snapshot when several processes serve (null: this process alone). */
   snapshots: (() => Promise<Snapshot>) | null = null;
+  /** The instance as the admin console and metrics show it: every worker's state merged, or this process's. */
+  snapshot(): Promise<Snapshot> {
+    return this.snapshots !== null ? this.snapshots() : Promise.resolve(collect(this, this.peers?.index ?? 0));
+  }
+
   /** The other worker processes; null when this process serves alone. */
   peers: Peers | null = null;
   readonly version = VERSION;
@@ -206,7 +211,7 @@ export class Context {
   cancelByKey(pid: number, key: Buffer): boolean {
     const target = this.#byPid.get(pid);
     if (target === undefined || target.cancelKey.length !== key.length || !timingSafeEqual(target.cancelKey, key)) return false;
-    this.stats.count(this.stats.cancels, 'forwarded');
+    this.count(this.stats.cancels, 'forwarded');
     target.cancel();
     return true;
   }

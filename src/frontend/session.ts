@@ -286,7 +286,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       if (n < 0) {
         // Postgres logs this and closes without a reply: the peer may not speak the protocol at all.
         const reason = n === BAD_LENGTH ? 'bad_length' : 'too_large';
-        this.#ctx.stats.count(this.#ctx.stats.violations, `client/startup_${reason}`);
+        this.#ctx.count(this.#ctx.stats.violations, `client/startup_${reason}`);
         this.log.info({ reason }, 'invalid length of startup packet');
         this.#destroy();
         return;
@@ -373,7 +373,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     info.cipher = cipher.name;
     info.alpn = sock.alpnProtocol ?? false;
     this.#tls = info;
-    this.#ctx.stats.count(this.#ctx.stats.tlsHandshakes, `${info.version}/ok`);
+    this.#ctx.count(this.#ctx.stats.tlsHandshakes, `${info.version}/ok`);
     this.#client = sock;
     sock.on('error', this.#onClientError);
     this.#debug({ tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn }, 'TLS established');
@@ -388,7 +388,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   /** Called by the listener when the TLS handshake failed: close quietly. */
   onTlsError(err: Error): void {
     upgrading.delete(this.#raw);
-    this.#ctx.stats.count(this.#ctx.stats.tlsHandshakes, 'none/fail');
+    this.#ctx.count(this.#ctx.stats.tlsHandshakes, 'none/fail');
     this.log.info({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'TLS handshake failed');
     this.#destroy();
   }
@@ -399,7 +399,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       // Another worker process may own that session: it checks the key itself.
       this.#ctx.peers.cancel(pid, key);
     } else {
-      this.#ctx.stats.count(this.#ctx.stats.cancels, 'unknown');
+      this.#ctx.count(this.#ctx.stats.cancels, 'unknown');
       // Unknown keys are ignored, as Postgres does; say nothing either way.
       this.#debug('cancel request with unknown key ignored');
     }
@@ -1432,7 +1432,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   /** An ErrorResponse reaches the client: counted by SQLSTATE class. */
   #countError(code: string | undefined): void {
-    this.#ctx.stats.count(this.#ctx.stats.errors, (code ?? 'XX000').slice(0, 2));
+    this.#ctx.count(this.#ctx.stats.errors, (code ?? 'XX000').slice(0, 2));
   }
 
   /** Where the tracker reports finished statements and query/transaction cycles. */
@@ -1466,7 +1466,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   };
 
   #clientViolation(kind: ViolationKind, detail: string): void {
-    this.#ctx.stats.count(this.#ctx.stats.violations, `client/${kind}`);
+    this.#ctx.count(this.#ctx.stats.violations, `client/${kind}`);
     this.#linkedLog().info({ kind, detail }, 'protocol violation by client');
     this.#fatal(
       SQLSTATE.ProtocolViolation,
@@ -1475,7 +1475,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   #serverViolation(kind: ViolationKind, detail: string): void {
-    this.#ctx.stats.count(this.#ctx.stats.violations, `server/${kind}`);
+    this.#ctx.count(this.#ctx.stats.violations, `server/${kind}`);
     this.#linkedLog().warn({ kind, detail, database: this.#database }, 'protocol violation by server');
     // The client may have part of a message already; only a clean boundary allows an error frame.
     this.#server?.destroy();

@@ -6,8 +6,10 @@
 
 import http from 'node:http';
 import net from 'node:net';
+import type { Snapshot } from '../admin/snapshot.ts';
+import type { DatabaseConfig } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
-import type { MetricsRegistry } from './registry.ts';
+import { MetricsRegistry } from './registry.ts';
 
 export interface ReadinessProbe {
   /** The client listener is open. */
@@ -113,6 +115,25 @@ export class AdminHttp {
         resolve((this.#server.address() as net.AddressInfo).port);
       });
     });
+  }
+
+  /**
+   * The listener of admin.listen for one Postern instance: metrics from
+   * `snapshot`, readiness from `listening` and the configured databases.
+   */
+  static async start(
+    hostPort: string,
+    snapshot: () => Promise<Snapshot>,
+    listening: () => boolean,
+    databases: () => Record<string, DatabaseConfig>,
+    log: Logger,
+  ): Promise<{ http: AdminHttp; port: number }> {
+    const servers = (): Array<{ name: string; host: string; port: number }> =>
+      Object.entries(databases()).map(([name, d]) => ({ name, host: d.host, port: d.port }));
+    const http = new AdminHttp(new MetricsRegistry(snapshot), { listening, servers }, log);
+    const port = await http.listen(hostPort);
+    log.info({ listen: hostPort, port }, 'admin http listening');
+    return { http, port };
   }
 
   close(): Promise<void> {

@@ -67,7 +67,7 @@ export interface Totals {
   serverParses: number;
 }
 
-function zero(): Totals {
+export function zeroTotals(): Totals {
   return {
     xacts: 0,
     queries: 0,
@@ -81,6 +81,27 @@ function zero(): Totals {
     binds: 0,
     serverParses: 0,
   };
+}
+
+const TOTALS_KEYS = Object.keys(zeroTotals()) as Array<keyof Totals>;
+
+/** Adds every counter of `t` into `into`. */
+export function addTotals(into: Totals, t: Totals): void {
+  for (const k of TOTALS_KEYS) into[k] += t[k];
+}
+
+/** Sums per database of per-(database, user) counters: live TrafficStats or snapshot rows. */
+export function sumByDatabase(rows: Iterable<Totals & { readonly database: string }>): Map<string, Totals> {
+  const out = new Map<string, Totals>();
+  for (const t of rows) {
+    let a = out.get(t.database);
+    if (a === undefined) {
+      a = zeroTotals();
+      out.set(t.database, a);
+    }
+    addTotals(a, t);
+  }
+  return out;
 }
 
 /** Totals at the start of the current averaging period (SHOW STATS avg_* columns). */
@@ -111,10 +132,6 @@ export class Stats {
   #previous: PeriodMark | null = null;
   /** Length of the averaging period of SHOW STATS (PgBouncer's stats_period default). */
   static readonly PERIOD_MS = 60_000;
-
-  count(map: Map<string, number>, key: string, n = 1): void {
-    map.set(key, (map.get(key) ?? 0) + n);
-  }
 
   /** The traffic record of a (database, user); sessions keep the object and bump its fields. */
   traffic(database: string, user: string): TrafficStats {
@@ -204,26 +221,7 @@ export class Stats {
 
   /** Totals per database (SHOW STATS rows). */
   byDatabase(): Map<string, Totals> {
-    const out = new Map<string, Totals>();
-    for (const t of this.#traffic.values()) {
-      let a = out.get(t.database);
-      if (a === undefined) {
-        a = zero();
-        out.set(t.database, a);
-      }
-      a.xacts += t.xacts;
-      a.queries += t.queries;
-      a.received += t.received;
-      a.sent += t.sent;
-      a.xactUs += t.xactUs;
-      a.queryUs += t.queryUs;
-      a.waitUs += t.waitUs;
-      a.assignments += t.assignments;
-      a.parses += t.parses;
-      a.binds += t.binds;
-      a.serverParses += t.serverParses;
-    }
-    return out;
+    return sumByDatabase(this.#traffic.values());
   }
 
   /**
@@ -233,9 +231,9 @@ export class Stats {
    */
   averages(database: string): Totals {
     const prev = this.#previous;
-    if (prev === null) return zero();
-    const a = prev.totals.get(database) ?? zero();
-    const b = this.#period.totals.get(database) ?? zero();
+    if (prev === null) return zeroTotals();
+    const a = prev.totals.get(database) ?? zeroTotals();
+    const b = this.#period.totals.get(database) ?? zeroTotals();
     const secs = Math.max((this.#period.at - prev.at) / 1000, 1);
     const dx = b.xacts - a.xacts;
     const dq = b.queries - a.queries;
