@@ -54,6 +54,7 @@ import { decodeNotice } from '../protocol/backend.ts';
 import { BE, FE, TX, typeTable } from '../protocol/codes.ts';
 import { ProtocolViolation, VIOLATION } from '../protocol/violation.ts';
 import { Writer } from '../protocol/writer.ts';
+import { Ledger, type LedgerOwner, type LedgerRoute, REQ, type Req, requestOf, WHO, type Who } from './expect.ts';
 
 /** Synthetic answers, built once. */
 export const PARSE_COMPLETE: Buffer = new Writer().message(BE.ParseComplete);
@@ -291,54 +292,34 @@ export interface PreparedSink {
   toClient(buf: Buffer, start: number, end: number): void;
 }
 
-/** What each queued request expects back. */
-const K = {
-  /** Expects nothing (a Sync the server ignores during copy-in, a used COPY end marker). */
-  Free: 0,
-  /** The client's CopyDone/CopyFail: where a copy-in ends, to know which Syncs the server ignored. */
-  CopyEnd: 1,
-  /** Client's unnamed Parse, forwarded: ParseComplete to the client. */
-  Parse: 2,
-  /** Client's named Parse, forwarded under the server name: ParseComplete to the client. */
-  ParseNamed: 3,
-  /** Postern's Parse: its ParseComplete is swallowed. */
-  ParseInjected: 4,
-  /** Client's named Parse the server already has: synthetic ParseComplete in its turn. */
-  ParseSynthetic: 5,
-  /** Client re-Parsed a name it has: the server is made to answer 42P05. */
-  ParseDuplicate: 6,
-  Bind: 7,
-  /** Describe('S' or 'P'): ends with RowDescription or NoData. */
-  Describe: 8,
-  /** Execute: ends with CommandComplete, EmptyQueryResponse or PortalSuspended. */
-  Execute: 9,
-  /** Client's Close of a portal or of the unnamed statement, forwarded. */
-  Close: 10,
-  /** Postern's Close making room: its CloseComplete is swallowed. */
-  CloseEvict: 11,
-  /** Client's Close('S', name): synthetic CloseComplete in its turn. */
-  CloseSynthetic: 12,
-  /** Sync, Query, FunctionCall: end with ReadyForQuery. */
-  Sync: 13,
-  Query: 14,
-  FunctionCall: 15,
+/** What each of the rewriter's queued requests is (the ledger entry's tag). */
+const T = {
+  /** Forwarded as the client sent it (unnamed Parse, Bind, Describe, Execute, a portal Close, Sync, Query, ...). */
+  Plain: 0,
+  /** Client's named Parse, forwarded under the server name. */
+  ParseNamed: 1,
+  /** Postern's Parse in front of a frame that needs the statement: success swallowed. */
+  ParseInjected: 2,
+  /** Client's named Parse the server already has: synthetic ParseComplete in its turn (a marker). */
+  ParseSynthetic: 3,
+  /** Client re-Parsed a name it has: the server is made to answer 42P05 (renamed for the client). */
+  ParseDuplicate: 4,
   /**
    * Client's named Parse the server already has, sent anyway because the
    * transaction is aborted: Postgres refuses any Parse there (25P02), and only
    * the server can refuse it at the right position with the right effects.
    */
-  ParseAborted: 16,
+  ParseAborted: 5,
+  /** Postern's Close making room: its CloseComplete is swallowed. */
+  CloseEvict: 6,
+  /** Client's Close('S', name): synthetic CloseComplete in its turn (a marker). */
+  CloseSynthetic: 7,
 } as const;
-type Kind = (typeof K)[keyof typeof K];
-
-/** Kinds that end with ReadyForQuery (an error inside them does not skip to Sync). */
-function endsWithReady(k: number): boolean {
-  return k === K.Sync || k === K.Query || k === K.FunctionCall;
-}
+type Tag = (typeof T)[keyof typeof T];
 
 /** A Parse or Close whose outcome the server has not reported yet. */
 interface Pending {
-  /** Its position in the queue's history (see #pushed / #popped). */
+  /** Its position in the ledger's history (sequence number). */
   seq: number;
   /** The Sync-delimited segment it belongs to. */
   segment: number;
@@ -350,30 +331,14 @@ interface Held {
   buf: Buffer;
 }
 
-export class PreparedRewriter {
+export class PreparedRewriter implements LedgerOwner, LedgerRoute {
   #cache: StatementCache;
   #sink: PreparedSink;
   #server: ServerStatements | null = null;
+  /** The server connection's ledger while attached. */
+  #ledger: Ledger | null = null;
   /** Client statement name (latin1 of its bytes) -> entry. Predicted state: includes requests still in flight. */
   #names = new Map<string, CachedStatement>();
-
-  // Queue of owed responses: a ring of parallel arrays, so queuing allocates nothing.
-  #kind = new Uint8Array(16);
-  #entry: (CachedStatement | null)[] = new Array(16).fill(null);
-  #name: (string | null)[] = new Array(16).fill(null);
-  #token = new Float64Array(16);
-  #head = 0;
-  #count = 0;
-  /** Requests ever queued / ever answered (or dropped): the head's sequence number is #popped. */
-  #pushed = 0;
-  #popped = 0;
-  /** Syncs queued so far: the server's error recovery never crosses one. */
-  #segment = 0;
-  /** Queued requests that end with ReadyForQuery, and the newest one's sequence number. */
-  #boundaries = 0;
-  #lastBoundary = -1;
-  /** Transaction status of the last ReadyForQuery: exact while #boundaries is 0. */
-  #txStatus: number = TX.Idle;
 
   /**
    * Unresolved Parse/Close per client name, and unresolved Parse/evicting Close
@@ -387,11 +352,8 @@ export class PreparedRewriter {
   #held: Held[] | null = null;
   #holdSeq = 0;
   heldBytes = 0;
-
-  /** An error arrived and the client has not sent the Sync that ends the server's skipping yet. */
-  #skipping = false;
-  /** The server is in copy-in and no CopyDone/CopyFail has been seen: it ignores Syncs until then. */
-  #copyIn = false;
+  /** The client is gone (disown): answers still owed are swallowed, nothing is written to it. */
+  #gone = false;
 
   /** Parses answered without asking the server (the statement was already there). */
   hits = 0;
@@ -405,7 +367,7 @@ export class PreparedRewriter {
 
   /** No response is owed and nothing is held: the server may be given back (check after onServerFrame returns). */
   get idle(): boolean {
-    return this.#count === 0 && !this.#skipping && !this.#copyIn && this.#held === null;
+    return (this.#ledger === null || this.#ledger.idle) && this.#held === null;
   }
 
   /** Client input is being held back: the session should pause reading from the client once heldBytes grows. */
@@ -427,33 +389,62 @@ export class PreparedRewriter {
     return this.#names.get(clientName)?.name;
   }
 
-  /** The session got a server connection. Nothing may be owed to a previous one. */
-  attach(server: ServerStatements): void {
+  /** The ledger of the attached server (tests, the session). */
+  get ledger(): Ledger | null {
+    return this.#ledger;
+  }
+
+  /**
+   * The session got a server connection: its statements and its ledger (a
+   * fresh ledger when none is given, for tests). Nothing may be owed to a
+   * previous one.
+   */
+  attach(server: ServerStatements, ledger: Ledger = new Ledger()): void {
     if (!this.idle) throw new Error('PreparedRewriter.attach: responses still owed by the previous server');
+    if (!ledger.idle) throw new Error('PreparedRewriter.attach: the server still owes answers to someone else');
     this.#server = server;
-    // Servers are lent between transactions.
-    this.#txStatus = TX.Idle;
+    this.#ledger = ledger;
+    ledger.route = this;
   }
 
   /** The session gives its server back; only at an idle point. */
   detach(): void {
     if (!this.idle) throw new Error('PreparedRewriter.detach: responses still owed');
     this.#server = null;
+    this.#ledger = null;
   }
 
-  /** The server connection was lost mid-flight: whatever it still owed never happened, held input is discarded. */
+  /**
+   * The server connection was lost mid-flight: whatever it still owed never
+   * happened (the ledger is abandoned), held input is discarded.
+   */
   reset(): void {
-    this.#dropRange(this.#count);
+    const ledger = this.#ledger;
+    this.#ledger = null;
+    ledger?.abandon();
     this.#held = null;
     this.heldBytes = 0;
-    this.#skipping = false;
-    this.#copyIn = false;
     this.#server = null;
+  }
+
+  /**
+   * The client left with answers still owed while its server connection
+   * lives on (the pool cleans it): those answers are swallowed, and this
+   * rewriter goes on keeping the server's statement set exact as they come.
+   * Held input was never sent: it is discarded.
+   */
+  disown(): void {
+    this.#gone = true;
+    this.#held = null;
+    this.heldBytes = 0;
+    this.#ledger?.disown();
+    // #server stays: answers still coming settle the server's statement set.
+    this.#ledger = null;
   }
 
   /** The session ends: give the cache back its references. */
   dispose(): void {
-    this.reset();
+    if (this.#ledger !== null && !this.#gone) this.reset();
     this.forgetClient(null);
   }
 
@@ -501,80 +492,62 @@ export class PreparedRewriter {
   }
 
   #clientFrame(type: number, buf: Buffer, start: number, end: number): void {
+    this.#frameOut(type, buf, start, end);
+    this.#ledger?.drain();
+  }
+
+  #frameOut(type: number, buf: Buffer, start: number, end: number): void {
     const server = this.#server;
-    if (server === null) throw new Error('PreparedRewriter.onClientFrame: no server attached');
+    const ledger = this.#ledger;
+    if (server === null || ledger === null) throw new Error('PreparedRewriter.onClientFrame: no server attached');
     const sink = this.#sink;
-    if (this.#skipping) {
-      // The server discards everything until Sync, and answers nothing for it.
-      if (type === FE.Sync) {
-        this.#skipping = false;
-        this.#pushSync();
-      }
+    if (ledger.ignores(type)) {
+      // Skipping to Sync, or in copy-in: the server reads it without answering.
       sink.toServer(buf, start, end);
+      ledger.ignored(type);
       return;
     }
     switch (type) {
       case FE.Parse:
-        this.#onParse(server, buf, start, end);
-        break;
+        this.#onParse(server, ledger, buf, start, end);
+        return;
       case FE.Bind:
-        this.#onBind(server, buf, start, end);
-        break;
+        this.#onBind(server, ledger, buf, start, end);
+        return;
       case FE.Describe:
-        this.#onDescribe(server, buf, start, end);
-        break;
+        this.#onDescribe(server, ledger, buf, start, end);
+        return;
       case FE.Close:
-        this.#onClose(buf, start, end);
-        break;
-      case FE.Execute:
-        this.#push(K.Execute, null, null, 0);
+        this.#onClose(ledger, buf, start, end);
+        return;
+      default: {
+        const kind = requestOf(type);
+        if (kind >= 0) ledger.push(kind as Req, WHO.Client, this, T.Plain);
         sink.toServer(buf, start, end);
-        break;
-      case FE.Sync:
-        // During copy-in the server ignores Sync (protocol-flow, COPY Operations).
-        if (!this.#copyIn) this.#pushSync();
-        sink.toServer(buf, start, end);
-        break;
-      case FE.Query:
-        this.#pushBoundary(K.Query);
-        sink.toServer(buf, start, end);
-        break;
-      case FE.FunctionCall:
-        this.#pushBoundary(K.FunctionCall);
-        sink.toServer(buf, start, end);
-        break;
-      case FE.CopyDone:
-      case FE.CopyFail:
-        if (this.#copyIn) this.#copyIn = false;
-        else this.#push(K.CopyEnd, null, null, 0);
-        sink.toServer(buf, start, end);
-        break;
-      default:
-        sink.toServer(buf, start, end);
+      }
     }
-    this.#drain();
   }
 
-  #onParse(server: ServerStatements, buf: Buffer, start: number, end: number): void {
+  #onParse(server: ServerStatements, ledger: Ledger, buf: Buffer, start: number, end: number): void {
     const nameStart = start + 5;
     const nameEnd = nulAt(buf, nameStart, end);
     if (nameEnd === nameStart) {
-      this.#push(K.Parse, null, null, 0);
+      ledger.push(REQ.Parse, WHO.Client, this, T.Plain);
       this.#sink.toServer(buf, start, end);
       return;
     }
     const name = buf.toString('latin1', nameStart, nameEnd);
-    const waitName = this.#waitForName(name);
+    const waitName = this.#waitForName(ledger, name);
     const existing = this.#names.get(name);
     if (existing !== undefined) {
-      const wait = Math.max(waitName, this.#waitForServer(existing));
+      const wait = Math.max(waitName, this.#waitForServer(ledger, existing));
       if (wait >= 0) {
         this.#hold(wait, buf, start, end);
         return;
       }
       // Let the server refuse a duplicate of its own statement, in this position.
-      this.#ensure(server, existing);
-      this.#push(K.ParseDuplicate, existing, name, 0);
+      this.#ensure(server, ledger, existing);
+      this.#push(ledger, REQ.Parse, WHO.Postern, T.ParseDuplicate, existing, name, 0);
       this.#sink.toServer(existing.parse, 0, existing.parse.length);
       return;
     }
@@ -583,7 +556,7 @@ export class PreparedRewriter {
     const onServer = server.has(entry);
     // Answering for the server needs the transaction status at this point:
     // known only once everything that ends with ReadyForQuery is answered.
-    const wait = Math.max(waitName, this.#waitForServer(entry), onServer && this.#boundaries > 0 ? this.#lastBoundary : -1);
+    const wait = Math.max(waitName, this.#waitForServer(ledger, entry), onServer && ledger.boundaries > 0 ? ledger.lastBoundary : -1);
     if (wait >= 0) {
       entry.unref();
       this.#hold(wait, buf, start, end);
@@ -592,25 +565,25 @@ export class PreparedRewriter {
     this.#names.set(name, entry);
     if (onServer) {
       server.use(entry);
-      if (this.#txStatus === TX.Failed) {
-        this.#pendName(name, this.#push(K.ParseAborted, entry, name, 0));
+      if (ledger.txStatus === TX.Failed) {
+        this.#pendName(ledger, name, this.#push(ledger, REQ.Parse, WHO.Client, T.ParseAborted, entry, name, 0));
         this.#sink.toServer(entry.parse, 0, entry.parse.length);
         return;
       }
       this.hits++;
-      this.#pendName(name, this.#push(K.ParseSynthetic, entry, name, 0));
+      this.#pendName(ledger, name, this.#push(ledger, REQ.Marker, WHO.Client, T.ParseSynthetic, entry, name, 0));
       return;
     }
-    this.#makeRoom(server);
+    this.#makeRoom(server, ledger);
     const token = server.add(entry);
     server.prepares++;
-    const seq = this.#push(K.ParseNamed, entry, name, token);
-    this.#pendName(name, seq);
-    this.#pendServer(entry, seq);
+    const seq = this.#push(ledger, REQ.Parse, WHO.Client, T.ParseNamed, entry, name, token);
+    this.#pendName(ledger, name, seq);
+    this.#pendServer(ledger, entry, seq);
     this.#sink.toServer(entry.parse, 0, entry.parse.length);
   }
 
-  #onBind(server: ServerStatements, buf: Buffer, start: number, end: number): void {
+  #onBind(server: ServerStatements, ledger: Ledger, buf: Buffer, start: number, end: number): void {
     const portalEnd = nulAt(buf, start + 5, end);
     const nameStart = portalEnd + 1;
     const nameEnd = nulAt(buf, nameStart, end);
@@ -618,7 +591,7 @@ export class PreparedRewriter {
     if (nameEnd > nameStart) {
       const name = buf.toString('latin1', nameStart, nameEnd);
       entry = this.#names.get(name);
-      const wait = Math.max(this.#waitForName(name), entry === undefined ? -1 : this.#waitForServer(entry));
+      const wait = Math.max(this.#waitForName(ledger, name), entry === undefined ? -1 : this.#waitForServer(ledger, entry));
       if (wait >= 0) {
         this.#hold(wait, buf, start, end);
         return;
@@ -626,11 +599,11 @@ export class PreparedRewriter {
     }
     if (entry === undefined) {
       // Unnamed, or unknown: the server answers for itself (26000 for unknown).
-      this.#push(K.Bind, null, null, 0);
+      ledger.push(REQ.Bind, WHO.Client, this, T.Plain);
       this.#sink.toServer(buf, start, end);
       return;
     }
-    this.#ensure(server, entry);
+    this.#ensure(server, ledger, entry);
     const nameZ = entry.nameZ;
     const len = end - start - (nameEnd + 1 - nameStart) + nameZ.length;
     const out = Buffer.allocUnsafe(len);
@@ -639,65 +612,65 @@ export class PreparedRewriter {
     let off = 5 + buf.copy(out, 5, start + 5, nameStart);
     off += nameZ.copy(out, off);
     buf.copy(out, off, nameEnd + 1, end);
-    this.#push(K.Bind, null, null, 0);
+    ledger.push(REQ.Bind, WHO.Client, this, T.Plain);
     this.#sink.toServer(out, 0, len);
   }
 
-  #onDescribe(server: ServerStatements, buf: Buffer, start: number, end: number): void {
+  #onDescribe(server: ServerStatements, ledger: Ledger, buf: Buffer, start: number, end: number): void {
     if (end - start < 7) throw new ProtocolViolation(VIOLATION.Malformed, 'Describe is shorter than its fields');
     const nameStart = start + 6;
     const nameEnd = nulAt(buf, nameStart, end);
     if (buf[start + 5] === BYTE_S && nameEnd > nameStart) {
       const name = buf.toString('latin1', nameStart, nameEnd);
       const entry = this.#names.get(name);
-      const wait = Math.max(this.#waitForName(name), entry === undefined ? -1 : this.#waitForServer(entry));
+      const wait = Math.max(this.#waitForName(ledger, name), entry === undefined ? -1 : this.#waitForServer(ledger, entry));
       if (wait >= 0) {
         this.#hold(wait, buf, start, end);
         return;
       }
       if (entry !== undefined) {
-        this.#ensure(server, entry);
-        this.#push(K.Describe, null, null, 0);
+        this.#ensure(server, ledger, entry);
+        ledger.push(REQ.Describe, WHO.Client, this, T.Plain);
         this.#sink.toServer(entry.describe, 0, entry.describe.length);
         return;
       }
     }
-    this.#push(K.Describe, null, null, 0);
+    ledger.push(REQ.Describe, WHO.Client, this, T.Plain);
     this.#sink.toServer(buf, start, end);
   }
 
-  #onClose(buf: Buffer, start: number, end: number): void {
+  #onClose(ledger: Ledger, buf: Buffer, start: number, end: number): void {
     if (end - start < 7) throw new ProtocolViolation(VIOLATION.Malformed, 'Close is shorter than its fields');
     const nameStart = start + 6;
     const nameEnd = nulAt(buf, nameStart, end);
     if (buf[start + 5] === BYTE_S && nameEnd > nameStart) {
       // Other clients may share the server statement: only the mapping goes.
       const name = buf.toString('latin1', nameStart, nameEnd);
-      const wait = this.#waitForName(name);
+      const wait = this.#waitForName(ledger, name);
       if (wait >= 0) {
         this.#hold(wait, buf, start, end);
         return;
       }
       const prev = this.#names.get(name) ?? null;
       // Queued first: the queue's ref keeps prev alive should the Close be skipped and undone.
-      this.#pendName(name, this.#push(K.CloseSynthetic, prev, name, 0));
+      this.#pendName(ledger, name, this.#push(ledger, REQ.Marker, WHO.Client, T.CloseSynthetic, prev, name, 0));
       if (prev !== null) {
         this.#names.delete(name);
         prev.unref();
       }
       return;
     }
-    this.#push(K.Close, null, null, 0);
+    ledger.push(REQ.Close, WHO.Client, this, T.Plain);
     this.#sink.toServer(buf, start, end);
   }
 
   /** Makes sure the statement exists on the server before the frame that needs it (a Parse injected in front). */
-  #ensure(server: ServerStatements, entry: CachedStatement): void {
+  #ensure(server: ServerStatements, ledger: Ledger, entry: CachedStatement): void {
     if (server.use(entry)) return;
-    this.#makeRoom(server);
+    this.#makeRoom(server, ledger);
     const token = server.add(entry);
     server.prepares++;
-    this.#pendServer(entry, this.#push(K.ParseInjected, entry, null, token));
+    this.#pendServer(ledger, entry, this.#push(ledger, REQ.Parse, WHO.Quiet, T.ParseInjected, entry, null, token));
     this.#sink.toServer(entry.parse, 0, entry.parse.length);
   }
 
@@ -708,11 +681,11 @@ export class PreparedRewriter {
    * undoing the Close would resurrect a statement that was never prepared.
    * Within one segment both are undone together, newest first.
    */
-  #makeRoom(server: ServerStatements): void {
+  #makeRoom(server: ServerStatements, ledger: Ledger): void {
     while (server.size >= server.max) {
       let victim: CachedStatement | undefined;
       for (const e of server.leastRecentlyUsed()) {
-        if (this.#waitForServer(e) < 0) {
+        if (this.#waitForServer(ledger, e) < 0) {
           victim = e;
           break;
         }
@@ -720,31 +693,39 @@ export class PreparedRewriter {
       if (victim === undefined) return;
       const token = server.remove(victim);
       server.evictions++;
-      this.#pendServer(victim, this.#push(K.CloseEvict, victim, null, token));
+      this.#pendServer(ledger, victim, this.#push(ledger, REQ.Close, WHO.Quiet, T.CloseEvict, victim, null, token));
       this.#sink.toServer(victim.close, 0, victim.close.length);
     }
   }
 
   /** Sequence number of an unresolved Parse/Close of this name in an earlier segment, or -1. */
-  #waitForName(name: string): number {
+  #waitForName(ledger: Ledger, name: string): number {
     if (this.#pendingNames.size === 0) return -1;
     const p = this.#pendingNames.get(name);
-    return p !== undefined && p.segment < this.#segment ? p.seq : -1;
+    return p !== undefined && p.segment < ledger.segment ? p.seq : -1;
   }
 
   /** Sequence number of an unresolved Parse/Close of this statement on the server in an earlier segment, or -1. */
-  #waitForServer(e: CachedStatement): number {
+  #waitForServer(ledger: Ledger, e: CachedStatement): number {
     if (this.#pendingServer.size === 0) return -1;
     const p = this.#pendingServer.get(e);
-    return p !== undefined && p.segment < this.#segment ? p.seq : -1;
+    return p !== undefined && p.segment < ledger.segment ? p.seq : -1;
   }
 
-  #pendName(name: string, seq: number): void {
-    this.#pendingNames.set(name, { seq, segment: this.#segment });
+  #pendName(ledger: Ledger, name: string, seq: number): void {
+    this.#pendingNames.set(name, { seq, segment: ledger.segment });
   }
 
-  #pendServer(e: CachedStatement, seq: number): void {
-    this.#pendingServer.set(e, { seq, segment: this.#segment });
+  #pendServer(ledger: Ledger, e: CachedStatement, seq: number): void {
+    this.#pendingServer.set(e, { seq, segment: ledger.segment });
+  }
+
+  /** Queues a request in the ledger with its statement (referenced while queued); returns its sequence number. */
+  #push(ledger: Ledger, kind: Req, who: Who, tag: Tag, entry: CachedStatement | null, name: string | null, token: number): number {
+    const seq = ledger.pushed;
+    if (entry !== null) entry.ref();
+    ledger.push(kind, who, this, tag, token, entry, name);
+    return seq;
   }
 
   /**
@@ -762,7 +743,8 @@ export class PreparedRewriter {
   /** Replays held input once what it waited for is resolved; it may be held again behind something else. */
   #release(): void {
     const held = this.#held;
-    if (held === null || this.#popped <= this.#holdSeq) return;
+    const ledger = this.#ledger;
+    if (held === null || ledger === null || ledger.popped <= this.#holdSeq) return;
     this.#held = null;
     this.heldBytes = 0;
     for (let i = 0; i < held.length; i++) {
@@ -786,106 +768,94 @@ export class PreparedRewriter {
 
   /** One complete server frame [start, end) of buf. Whatever the client should see goes to the sink, in order. */
   onServerFrame(type: number, buf: Buffer, start: number, end: number): void {
-    this.#serverFrame(type, buf, start, end);
+    const ledger = this.#ledger;
+    if (ledger === null) throw new Error('PreparedRewriter.onServerFrame: no server attached');
+    ledger.onServerFrame(type, buf, start, end, false);
     if (this.#held !== null) this.#release();
   }
 
-  #serverFrame(type: number, buf: Buffer, start: number, end: number): void {
-    if (this.#count > 0) {
-      const kind = this.#kind[this.#head] as number;
-      switch (type) {
-        case BE.ParseComplete:
-          if (kind === K.ParseInjected) {
-            this.#pop();
-            this.#drain();
-            return;
-          }
-          if (kind === K.Parse || kind === K.ParseNamed || kind === K.ParseDuplicate || kind === K.ParseAborted) this.#pop();
-          break;
-        case BE.BindComplete:
-          if (kind === K.Bind) this.#pop();
-          break;
-        case BE.CloseComplete:
-          if (kind === K.CloseEvict) {
-            this.#pop();
-            this.#drain();
-            return;
-          }
-          if (kind === K.Close) this.#pop();
-          break;
-        case BE.RowDescription:
-        case BE.NoData:
-          if (kind === K.Describe) this.#pop();
-          break;
-        case BE.CommandComplete:
-        case BE.EmptyQueryResponse:
-        case BE.PortalSuspended:
-          if (kind === K.Execute) this.#pop();
-          break;
-        case BE.ReadyForQuery:
-          this.#copyIn = false;
-          if (end - start > 5) this.#txStatus = buf[start + 5] as number;
-          this.#onReady();
-          break;
-        case BE.CopyInResponse:
-          if (kind === K.Execute || kind === K.Query) this.#onCopyIn();
-          break;
-        case BE.ErrorResponse:
-          this.#onError(kind, buf, start, end);
-          return;
-      }
-    } else if (type === BE.ErrorResponse || type === BE.ReadyForQuery) {
-      this.#copyIn = false;
-      if (type === BE.ReadyForQuery && end - start > 5) this.#txStatus = buf[start + 5] as number;
-    }
-    this.#sink.toClient(buf, start, end);
-    this.#drain();
+  /** LedgerRoute: a server frame for the client. */
+  toClient(buf: Buffer, start: number, end: number): void {
+    if (!this.#gone) this.#sink.toClient(buf, start, end);
   }
 
-  #onReady(): void {
-    // Normally the head is the Sync/Query/FunctionCall this answers; anything
-    // before it was never answered, so it never happened.
-    const mask = this.#kind.length - 1;
-    let i = 0;
-    while (i < this.#count && !endsWithReady(this.#kind[(this.#head + i) & mask] as number)) i++;
-    if (i === this.#count) return;
-    this.#dropRange(i);
-    this.#pop();
+  // ---------------------------------------------------------------- LedgerOwner
+
+  settled(ledger: Ledger, at: number, ok: boolean): void {
+    if (!ok) this.#undo(ledger, at);
+    this.#forget(ledger, at);
   }
 
-  /** The server entered copy-in: Syncs it reads before the client's CopyDone/CopyFail are ignored. */
-  #onCopyIn(): void {
-    const mask = this.#kind.length - 1;
-    for (let i = 1; i < this.#count; i++) {
-      const at = (this.#head + i) & mask;
-      const k = this.#kind[at];
-      if (k === K.Sync) {
-        this.#kind[at] = K.Free;
-        this.#boundaries--;
-      } else if (k === K.CopyEnd) {
-        this.#kind[at] = K.Free;
-        return;
-      }
-    }
-    this.#copyIn = true;
+  dropped(ledger: Ledger, at: number): void {
+    this.#undo(ledger, at);
+    this.#forget(ledger, at);
   }
 
-  #onError(kind: number, buf: Buffer, start: number, end: number): void {
-    this.#copyIn = false;
-    if (kind === K.ParseDuplicate) {
-      const e = this.#entry[this.#head] as CachedStatement;
-      this.#sendRenamedError(buf, start, end, e.name, this.#name[this.#head] as string);
-    } else {
-      this.#sink.toClient(buf, start, end);
+  marker(ledger: Ledger, at: number): void {
+    if (!this.#gone) {
+      if (ledger.tagAt(at) === T.ParseSynthetic) this.#sink.toClient(PARSE_COMPLETE, 0, PARSE_COMPLETE.length);
+      else this.#sink.toClient(CLOSE_COMPLETE, 0, CLOSE_COMPLETE.length);
     }
-    if (endsWithReady(kind)) return; // simple flow: ReadyForQuery follows
-    // Extended flow: the server now discards everything until Sync, answering none of it.
-    const mask = this.#kind.length - 1;
-    let i = 0;
-    while (i < this.#count && this.#kind[(this.#head + i) & mask] !== K.Sync) i++;
-    const sawSync = i < this.#count;
-    this.#dropRange(i);
-    if (!sawSync) this.#skipping = true;
+    this.#forget(ledger, at);
+  }
+
+  frame(ledger: Ledger, at: number, type: number, buf: Buffer, start: number, end: number): void {
+    // Swallowed answers: a Quiet request's success (nobody sees it), or the
+    // server's 42P05 for a duplicate Parse, which names Postern's statement.
+    if (ledger.tagAt(at) !== T.ParseDuplicate || this.#gone) return;
+    const e = ledger.objAt(at) as CachedStatement;
+    if (type === BE.ErrorResponse) this.#sendRenamedError(buf, start, end, e.name, ledger.strAt(at) as string);
+    else this.#sink.toClient(buf, start, end);
+  }
+
+  /** A request left the ledger: its pending marks go, and its statement reference. */
+  #forget(ledger: Ledger, at: number): void {
+    const seq = ledger.seqAt(at);
+    const name = ledger.strAt(at);
+    if (name !== null && this.#pendingNames.get(name)?.seq === seq) this.#pendingNames.delete(name);
+    const e = ledger.objAt(at) as CachedStatement | null;
+    if (e !== null) {
+      if (this.#pendingServer.get(e)?.seq === seq) this.#pendingServer.delete(e);
+      e.unref();
+    }
+  }
+
+  /** The server skipped or refused the request at `at`: undo what was assumed when it was sent. */
+  #undo(ledger: Ledger, at: number): void {
+    const e = ledger.objAt(at) as CachedStatement | null;
+    if (e === null) return;
+    const server = this.#server;
+    const name = ledger.strAt(at);
+    const token = ledger.numAt(at);
+    switch (ledger.tagAt(at)) {
+      case T.ParseNamed:
+        server?.undoAdd(e, token);
+        this.#unmap(name, e);
+        break;
+      case T.ParseSynthetic:
+      case T.ParseAborted:
+        this.#unmap(name, e);
+        break;
+      case T.ParseInjected:
+        server?.undoAdd(e, token);
+        break;
+      case T.CloseEvict:
+        server?.restore(e, token);
+        break;
+      case T.CloseSynthetic:
+        if (name !== null && !this.#names.has(name)) {
+          e.ref();
+          this.#names.set(name, e);
+        }
+        break;
+    }
+  }
+
+  #unmap(name: string | null, e: CachedStatement): void {
+    if (name !== null && this.#names.get(name) === e) {
+      this.#names.delete(name);
+      e.unref();
+    }
   }
 
   /** The 42P05 of a duplicate Parse, naming the client's statement rather than Postern's. */
@@ -903,125 +873,5 @@ export class PreparedRewriter {
     for (const [code, value] of n.fields) w.byte(code.charCodeAt(0)).cstring(code === 'M' ? value.replace(from, to) : value);
     const out = w.byte(0).message(BE.ErrorResponse);
     this.#sink.toClient(out, 0, out.length);
-  }
-
-  /** Emits synthetic answers (and drops no-answer markers) that have reached the head of the queue. */
-  #drain(): void {
-    while (this.#count > 0) {
-      const k = this.#kind[this.#head];
-      if (k === K.ParseSynthetic) this.#sink.toClient(PARSE_COMPLETE, 0, PARSE_COMPLETE.length);
-      else if (k === K.CloseSynthetic) this.#sink.toClient(CLOSE_COMPLETE, 0, CLOSE_COMPLETE.length);
-      else if (k !== K.Free && k !== K.CopyEnd) return;
-      this.#pop();
-    }
-  }
-
-  // ---------------------------------------------------------------- queue
-
-  /** Queues a request; returns its sequence number. */
-  #push(kind: Kind, entry: CachedStatement | null, name: string | null, token: number): number {
-    if (this.#count === this.#kind.length) this.#grow();
-    const at = (this.#head + this.#count) & (this.#kind.length - 1);
-    this.#kind[at] = kind;
-    this.#entry[at] = entry;
-    this.#name[at] = name;
-    this.#token[at] = token;
-    if (entry !== null) entry.ref();
-    this.#count++;
-    return this.#pushed++;
-  }
-
-  #pushSync(): void {
-    this.#pushBoundary(K.Sync);
-    this.#segment++;
-  }
-
-  #pushBoundary(kind: Kind): void {
-    this.#lastBoundary = this.#push(kind, null, null, 0);
-    this.#boundaries++;
-  }
-
-  /** The head request was answered (or dropped, after #undo). */
-  #pop(): void {
-    const at = this.#head;
-    const seq = this.#popped++;
-    if (endsWithReady(this.#kind[at] as number)) this.#boundaries--;
-    const name = this.#name[at];
-    if (name != null) {
-      if (this.#pendingNames.get(name)?.seq === seq) this.#pendingNames.delete(name);
-      this.#name[at] = null;
-    }
-    const e = this.#entry[at];
-    if (e != null) {
-      if (this.#pendingServer.get(e)?.seq === seq) this.#pendingServer.delete(e);
-      this.#entry[at] = null;
-      e.unref();
-    }
-    this.#head = (at + 1) & (this.#kind.length - 1);
-    this.#count--;
-  }
-
-  /** The first n queued requests were skipped by the server: undo their effects, newest first, and drop them. */
-  #dropRange(n: number): void {
-    const mask = this.#kind.length - 1;
-    for (let i = n - 1; i >= 0; i--) this.#undo((this.#head + i) & mask);
-    for (let i = 0; i < n; i++) this.#pop();
-  }
-
-  #undo(at: number): void {
-    const e = this.#entry[at];
-    if (e == null) return;
-    const server = this.#server;
-    const name = this.#name[at] ?? null;
-    const token = this.#token[at] as number;
-    switch (this.#kind[at]) {
-      case K.ParseNamed:
-        server?.undoAdd(e, token);
-        this.#unmap(name, e);
-        break;
-      case K.ParseSynthetic:
-      case K.ParseAborted:
-        this.#unmap(name, e);
-        break;
-      case K.ParseInjected:
-        server?.undoAdd(e, token);
-        break;
-      case K.CloseEvict:
-        server?.restore(e, token);
-        break;
-      case K.CloseSynthetic:
-        if (name !== null && !this.#names.has(name)) {
-          e.ref();
-          this.#names.set(name, e);
-        }
-        break;
-    }
-  }
-
-  #unmap(name: string | null, e: CachedStatement): void {
-    if (name !== null && this.#names.get(name) === e) {
-      this.#names.delete(name);
-      e.unref();
-    }
-  }
-
-  #grow(): void {
-    const size = this.#kind.length;
-    const kind = new Uint8Array(size * 2);
-    const entry: (CachedStatement | null)[] = new Array(size * 2).fill(null);
-    const name: (string | null)[] = new Array(size * 2).fill(null);
-    const token = new Float64Array(size * 2);
-    for (let i = 0; i < this.#count; i++) {
-      const at = (this.#head + i) & (size - 1);
-      kind[i] = this.#kind[at] as number;
-      entry[i] = this.#entry[at] ?? null;
-      name[i] = this.#name[at] ?? null;
-      token[i] = this.#token[at] as number;
-    }
-    this.#kind = kind;
-    this.#entry = entry;
-    this.#name = name;
-    this.#token = token;
-    this.#head = 0;
   }
 }
