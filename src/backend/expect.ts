@@ -77,6 +77,8 @@ export interface LedgerOwner {
   marker?(ledger: Ledger, at: number): void;
   /** A frame of the answer to a swallowed request at slot `at` (Postern's own statements read their results here). */
   frame?(ledger: Ledger, at: number, type: number, buf: Buffer, start: number, end: number): void;
+  /** The ErrorResponse that ends (or, for Query/FunctionCall/Sync, fails) the request at slot `at`, whoever it is routed to. */
+  failed?(ledger: Ledger, at: number, buf: Buffer, start: number, end: number): void;
 }
 
 /** Where the frames that belong to the linked client go. */
@@ -393,6 +395,7 @@ export class Ledger {
         break;
       case BE.ErrorResponse:
         this.#copyIn = false;
+        this.#owner[at]?.failed?.(this, at, buf, start, end);
         if (endsWithReady(kind)) this.#headFailed = true;
         else {
           done = true;

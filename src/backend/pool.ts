@@ -1,17 +1,21 @@
 // Server connection pools, one per (database, server user). A pool owns its
-// server connections in explicit lists (idle, active, opening) and a FIFO of
-// waiting clients; it opens connections with the latest credentials it was
+// server connections in explicit lists (idle, active, tested, login), changed
+// only by #move, and a FIFO of waiting clients; it opens connections with the latest credentials it was
 // given, lends them to clients, takes them back, resets them (session mode),
 // and closes them when a limit, a lifetime or an error says so.
-// Names follow PgBouncer's vocabulary: sv_idle, sv_active, sv_used, sv_login,
-// cl_waiting.
+// Names follow PgBouncer's vocabulary: sv_idle, sv_active, sv_used, sv_tested,
+// sv_login, cl_waiting. A connection that ends, however it ends, leaves its
+// list at once (ServerConn.onGone) and its slot wakes a waiting client.
 
 import type { PoolConfig, PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
-import { BE, typeTable } from '../protocol/codes.ts';
-import { ServerConn, ServerLoginError, type ServerSecret, type ServerTarget, SV } from './server-conn.ts';
+import { FE, TX, VALID_BACKEND } from '../protocol/codes.ts';
+import { encodeCopyFail, SYNC } from '../protocol/frontend.ts';
+import { SQLSTATE } from '../protocol/sqlstate.ts';
+import { REQ, WHO } from './expect.ts';
+import { ServerConn, ServerLoginError, type ServerSecret, type ServerState, type ServerTarget, SV } from './server-conn.ts';
 
-const READY_ONLY = typeTable([BE.ReadyForQuery]);
+const COPY_FAIL = encodeCopyFail('client disconnected');
 
 export interface PoolWaiter {
   readonly id: number;
@@ -56,13 +60,32 @@ export class Pool {
   size: number;
   /** Latest credentials from a client login or the config; used to open new connections. */
   secret: ServerSecret = {};
-  /** ParameterStatus of the first login: what clients are greeted with. */
+  /** ParameterStatus of the first login, in the server's spelling: what clients are greeted with. */
   welcome: Map<string, string> | null = null;
+  #reportedFrom: Map<string, string> | null = null;
+  #reported: ReadonlySet<string> = new Set();
+  /** Lower-case names of the settings this pool's servers report (ParameterStatus). */
+  get reportedKeys(): ReadonlySet<string> {
+    if (this.welcome !== this.#reportedFrom) {
+      this.#reportedFrom = this.welcome;
+      this.#reported = new Set([...(this.welcome?.keys() ?? [])].map((k) => k.toLowerCase()));
+    }
+    return this.#reported;
+  }
+  /**
+   * Startup settings already checked on a server of this pool (key: the
+   * settings, sorted), with the values the server made of them: a client
+   * asking for the same set logs in without waiting for a server.
+   */
+  readonly validated = new Map<string, ReadonlyMap<string, string>>();
   #host: PoolHost;
+  /** Idle connections, most recently used last (lent LIFO, as PgBouncer does). */
   #idle: ServerConn[] = [];
   #active = new Set<ServerConn>();
-  #used = new Set<ServerConn>();
-  #opening = 0;
+  #tested = new Set<ServerConn>();
+  #login = new Set<ServerConn>();
+  /** Which list each connection is in. */
+  #where = new Map<ServerConn, ServerState>();
   #waiting: Array<{ w: PoolWaiter; since: number }> = [];
   /** Totals for SHOW STATS-style reporting. */
   servedTotal = 0;
@@ -79,8 +102,70 @@ export class Pool {
 
   /** Open connections (any state but closed). */
   get total(): number {
-    return this.#idle.length + this.#active.size + this.#used.size + this.#opening;
+    return this.#idle.length + this.#active.size + this.#tested.size + this.#login.size;
   }
+
+  /**
+   * The one way a connection changes state: it leaves the list of its old
+   * state and joins the list of the new one (closed: no list).
+   */
+  #move(conn: ServerConn, to: ServerState): void {
+    this.#remove(conn);
+    conn.state = to;
+    if (to !== SV.Closed) this.#where.set(conn, to);
+    switch (to) {
+      case SV.Idle:
+        conn.lastUsedAt = Date.now();
+        this.#idle.push(conn);
+        return;
+      case SV.Active:
+        conn.lastUsedAt = Date.now();
+        this.#active.add(conn);
+        return;
+      case SV.Tested:
+        this.#tested.add(conn);
+        return;
+      case SV.Login:
+        this.#login.add(conn);
+        return;
+      case SV.Closed:
+        return;
+      default:
+        to satisfies never;
+    }
+  }
+
+  /** Leaves whichever list the pool put it in (the pool's record, not conn.state, which the connection also sets itself). */
+  #remove(conn: ServerConn): void {
+    const was = this.#where.get(conn);
+    if (was === undefined) return;
+    this.#where.delete(conn);
+    switch (was) {
+      case SV.Idle: {
+        const i = this.#idle.lastIndexOf(conn);
+        if (i >= 0) this.#idle.splice(i, 1);
+        return;
+      }
+      case SV.Active:
+        this.#active.delete(conn);
+        return;
+      case SV.Tested:
+        this.#tested.delete(conn);
+        return;
+      case SV.Login:
+        this.#login.delete(conn);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** A connection ended, however it ended (its client's error, a dead server, a kill): its slot is free now. */
+  #onGone = (conn: ServerConn): void => {
+    this.#remove(conn);
+    conn.owner = null;
+    this.#grow();
+  };
 
   /**
    * PgBouncer's pool columns. `checkDelay` is server_check_delay when a
@@ -91,15 +176,15 @@ export class Pool {
     let stale = 0;
     if (checkDelay >= 0) for (const c of this.#idle) if (now - c.lastUsedAt > checkDelay) stale++;
     let canceling = 0;
-    for (const c of this.#used) if (c.cancelsInFlight > 0) canceling++;
+    for (const c of this.#tested) if (c.cancelsInFlight > 0) canceling++;
     return {
       cl_waiting: this.#waiting.length,
       sv_active: this.#active.size,
       sv_idle: this.#idle.length - stale,
       sv_used: stale,
-      sv_tested: this.#used.size - canceling,
+      sv_tested: this.#tested.size - canceling,
       sv_being_canceled: canceling,
-      sv_login: this.#opening,
+      sv_login: this.#login.size,
       maxwait_ms: first ? now - first.since : 0,
     };
   }
@@ -113,15 +198,18 @@ export class Pool {
       return null;
     }
     while (this.#idle.length > 0) {
-      const conn = this.#idle.pop() as ServerConn;
-      if (conn.closed) continue;
+      const conn = this.#idle[this.#idle.length - 1] as ServerConn;
+      if (conn.closed) {
+        this.#remove(conn);
+        continue;
+      }
       if (cfg.server_check_query !== '' && now - conn.lastUsedAt > cfg.server_check_delay) {
         // Idle for a while: prove it is alive before lending it (server_check_query).
         this.#waiting.unshift({ w, since: now });
         this.#check(conn, cfg.server_check_query);
         return null;
       }
-      this.#lend(conn);
+      this.#move(conn, SV.Active);
       this.servedTotal++;
       return conn;
     }
@@ -131,18 +219,12 @@ export class Pool {
   }
 
   #check(conn: ServerConn, sql: string): void {
-    this.#used.add(conn);
-    conn.state = SV.Used;
+    this.#move(conn, SV.Tested);
     conn.query(sql, []).then(
-      () => {
-        this.#used.delete(conn);
-        this.#handOut(conn);
-      },
+      () => this.#handOut(conn),
       (e: Error) => {
-        this.#used.delete(conn);
         this.#host.log.info({ server: conn.id, err: e.message }, 'server_check_query failed; closing the connection');
         conn.destroy();
-        this.#grow();
       },
     );
   }
@@ -154,11 +236,10 @@ export class Pool {
   }
 
   /**
-   * A client gives its connection back. `reusable` false (mid-transaction,
-   * mid-message, cancel in flight, error) closes it instead.
+   * A client gives its connection back with nothing owed. `reusable` false
+   * (pinned state, a broken link) closes it instead.
    */
   release(conn: ServerConn, reusable: boolean): void {
-    this.#active.delete(conn);
     conn.owner = null;
     conn.detach();
     // Its client may have paused it (backpressure) and left before 'drain':
@@ -169,131 +250,142 @@ export class Pool {
       !reusable ||
       conn.closed ||
       conn.closeNeeded ||
-      conn.txStatus !== 0x49 /* I */ ||
+      conn.txStatus !== TX.Idle ||
+      !conn.ledger.idle ||
       Date.now() - conn.createdAt > cfg.server_lifetime
     ) {
-      conn.close(reusable);
-      this.#grow();
+      conn.close(reusable && conn.ledger.idle);
       return;
     }
-    if (this.mode === 'session' && cfg.server_reset_query !== '') {
-      this.#used.add(conn);
-      conn.state = SV.Used;
+    this.#clean(conn);
+  }
+
+  /**
+   * Before a returned connection is lent again: cancel requests sent for it
+   * must have landed (or the cancel could hit the next client's query), and
+   * in session mode server_reset_query runs.
+   */
+  #clean(conn: ServerConn): void {
+    const cfg = this.#host.poolConfig();
+    const reset = this.mode === 'session' && cfg.server_reset_query !== '';
+    if (conn.cancelsInFlight === 0 && !reset) {
+      this.#handOut(conn);
+      return;
+    }
+    this.#move(conn, SV.Tested);
+    conn.whenCancelsDone(() => {
+      if (conn.closed) return;
+      if (!reset) {
+        this.#handOut(conn);
+        return;
+      }
       conn.query(cfg.server_reset_query, []).then(
         () => {
-          this.#used.delete(conn);
           conn.resetApplied();
           this.#handOut(conn);
         },
         (e: Error) => {
-          this.#used.delete(conn);
           this.#host.log.warn({ server: conn.id, err: e.message }, 'server reset query failed; closing the connection');
           conn.close();
-          this.#grow();
         },
       );
-      return;
-    }
-    this.#handOut(conn);
+    });
   }
 
   /**
    * A client left with work in flight or a transaction open. Instead of
-   * dropping the connection: `owed` ReadyForQuery messages are drained
-   * (the caller already ended any COPY, sent a Sync and, when work was
-   * running, a cancel), an open transaction is rolled back, and the
-   * connection is lent again only once it is idle and no cancel for it is
-   * still in flight. Anything unexpected, or no ReadyForQuery within 10 s,
-   * closes it.
+   * dropping the connection, Postern finishes what the client left (CopyFail
+   * ends a COPY FROM STDIN, Sync ends an extended-protocol batch; a cancel
+   * when `cancel` says a statement may still be running), reads every answer
+   * still owed (the connection's ledger knows exactly which), rolls back an
+   * open transaction, and lends it again only once it is idle and no cancel
+   * for it is in flight. Anything unexpected, or no end within 10 s, closes it.
    */
-  reclaim(conn: ServerConn, owed: number): void {
-    this.#active.delete(conn);
+  reclaim(conn: ServerConn, cancel: boolean, log: Logger): void {
     conn.owner = null;
+    this.#move(conn, SV.Tested);
     // The drain below must read, whatever backpressure its client left it in.
     conn.resume();
-    this.#used.add(conn);
-    conn.state = SV.Used;
+    const ledger = conn.ledger;
+    ledger.disown();
     let settled = false;
     const fail = (why: string): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      this.#used.delete(conn);
       this.#host.log.info({ server: conn.id, why }, 'could not clean the server connection; closing it');
       conn.detach();
       conn.destroy();
-      this.#grow();
     };
     const timer = setTimeout(() => fail('timed out draining'), 10_000);
     timer.unref();
-    const done = (): void => {
+    const finish = (): void => {
       if (settled) return;
-      if (conn.cancelsInFlight > 0) {
-        // The cancel must have landed before anyone else's query can run here.
-        setTimeout(done, 20).unref();
-        return;
-      }
       settled = true;
       clearTimeout(timer);
-      this.#used.delete(conn);
       conn.detach();
-      this.#host.log.debug({ server: conn.id }, 'server connection cleaned after its client left');
-      this.#handOut(conn);
+      const rollback = (): void => {
+        if (conn.closed) return;
+        if (conn.txStatus === TX.Idle) {
+          this.#host.log.debug({ server: conn.id }, 'server connection cleaned after its client left');
+          this.#clean(conn);
+          return;
+        }
+        conn.query('ROLLBACK', []).then(
+          () => this.#clean(conn),
+          (e: Error) => {
+            this.#host.log.info({ server: conn.id, why: e.message }, 'could not roll back after the client left; closing it');
+            conn.destroy();
+          },
+        );
+      };
+      // The cancel must have landed before anyone else's query can run here.
+      conn.whenCancelsDone(rollback);
     };
-    const rollback = (): void => {
-      if (conn.txStatus === 0x49) done();
-      else conn.query('ROLLBACK', []).then(done, (e: Error) => fail(e.message));
-    };
-    if (owed <= 0) {
-      rollback();
+    if (ledger.idle) {
+      finish();
       return;
     }
-    let left = owed;
     conn.attach(
       {
         onServerRun() {},
-        onServerMessage(type) {
-          if (type === BE.ReadyForQuery && --left === 0) {
-            conn.detach();
-            rollback();
-          }
+        onServerMessage(type, buf, start, end) {
+          ledger.onServerFrame(type, buf, start, end, false);
+          if (ledger.idle) finish();
         },
         onServerViolation: () => fail('protocol violation'),
         onServerClosed: () => fail('closed'),
         onServerDrain() {},
+        onServerError: (e) => fail(e.message),
       },
-      READY_ONLY,
+      VALID_BACKEND,
     );
-  }
-
-  #lend(conn: ServerConn): void {
-    conn.state = SV.Active;
-    conn.lastUsedAt = Date.now();
-    this.#active.add(conn);
+    const out: Buffer[] = [];
+    if (ledger.ignores(FE.CopyFail)) ledger.ignored(FE.CopyFail);
+    else ledger.push(REQ.CopyEnd, WHO.Postern, null);
+    out.push(COPY_FAIL);
+    ledger.push(REQ.Sync, WHO.Postern, null);
+    out.push(SYNC);
+    conn.write(Buffer.concat(out));
+    if (cancel) conn.sendCancel(log);
   }
 
   #handOut(conn: ServerConn): void {
-    if (conn.closed) {
-      this.#grow();
-      return;
-    }
+    if (conn.closed) return;
     if (this.paused || conn.closeNeeded) {
       // PAUSE disconnects from the server as connections come back (PgBouncer does the same).
       conn.close();
-      if (!this.paused) this.#grow();
       return;
     }
     const next = this.#waiting.shift();
     if (next !== undefined) {
       this.waitTotalMs += Date.now() - next.since;
-      this.#lend(conn);
+      this.#move(conn, SV.Active);
       this.servedTotal++;
       next.w.onServer(conn);
       return;
     }
-    conn.state = SV.Idle;
-    conn.lastUsedAt = Date.now();
-    this.#idle.push(conn);
+    this.#move(conn, SV.Idle);
   }
 
   /**
@@ -307,7 +399,7 @@ export class Pool {
     const first = this.#waiting[0];
     const reserve =
       first !== undefined && cfg.reserve_pool_size > 0 && now - first.since >= cfg.reserve_pool_timeout ? cfg.reserve_pool_size : 0;
-    while (this.#waiting.length > this.#opening && this.total < this.size + reserve && this.#globalRoom(cfg)) this.#open();
+    while (this.#waiting.length > this.#login.size && this.total < this.size + reserve && this.#globalRoom(cfg)) this.#open();
   }
 
   #globalRoom(cfg: PoolConfig): boolean {
@@ -319,27 +411,37 @@ export class Pool {
   }
 
   #open(): void {
-    this.#opening++;
     const conn = new ServerConn(this.target, this.user, this.#host.log);
     conn.pool = this;
-    conn.login(this.secret, [['application_name', 'postern']], this.#host.maxMessage()).then(
+    this.#move(conn, SV.Login);
+    // No application_name of Postern's own: a client that sets none sees the
+    // server's default, as it would connected directly.
+    conn.login(this.secret, [], this.#host.maxMessage()).then(
       () => {
-        this.#opening--;
-        if (this.welcome === null) this.welcome = new Map(conn.params);
+        // Told from here on: a login that failed never held a slot but #login's.
+        conn.onGone = this.#onGone;
+        if (conn.closed) {
+          this.#onGone(conn);
+          return;
+        }
+        if (this.welcome === null) this.welcome = conn.reportedSettings();
         this.#handOut(conn);
       },
       (e: Error) => {
-        this.#opening--;
+        this.#remove(conn);
         conn.destroy();
         this.#host.log.warn({ pool: this.key, err: e.message }, 'server login failed');
-        // Every client waiting now would meet the same refusal.
+        // Every client waiting now would meet the same refusal. The server's
+        // own error when it sent one (a role without LOGIN, a database that
+        // does not accept connections ...); otherwise Postern could not log
+        // in (no credentials it can use, the server is down): 08006, never
+        // 28P01, which would blame the client's password.
         const waiting = this.#waiting.splice(0);
-        const code = e instanceof ServerLoginError ? e.code : '08006';
-        const message =
-          e instanceof ServerLoginError && e.fields?.message
-            ? e.fields.message
-            : `could not connect to the server for database "${this.target.name}"`;
-        for (const { w } of waiting) w.onPoolError(code, message);
+        const fields = e instanceof ServerLoginError ? e.fields : null;
+        const code = fields !== null && e instanceof ServerLoginError ? e.code : SQLSTATE.ConnectionFailure;
+        const message = fields?.message ?? `could not connect to the server for database "${this.target.name}"`;
+        const detail = fields !== null ? fields.detail : e.message;
+        for (const { w } of waiting) w.onPoolError(code, message, detail);
       },
     );
   }
@@ -354,16 +456,19 @@ export class Pool {
         w.onPoolError('08P01', 'query_wait_timeout', 'No server connection became free in time (pool.query_wait_timeout).');
       }
     }
-    const keep: ServerConn[] = [];
-    for (const conn of this.#idle) {
-      if (conn.closed) continue;
+    let kept = 0;
+    // Oldest first: the least recently used go first.
+    for (const conn of [...this.#idle]) {
+      if (conn.closed) {
+        this.#remove(conn);
+        continue;
+      }
       const idleFor = now - conn.lastUsedAt;
       const tooOld = now - conn.createdAt > cfg.server_lifetime;
-      const extra = keep.length >= cfg.min_pool_size;
+      const extra = kept >= cfg.min_pool_size;
       if ((idleFor > cfg.server_idle_timeout || tooOld) && extra) conn.close();
-      else keep.push(conn);
+      else kept++;
     }
-    this.#idle = keep;
     const haveSecret = this.secret.password !== undefined || this.secret.scramKeys !== undefined || this.secret.md5 !== undefined;
     if (haveSecret && !this.paused) {
       // min_pool_size: open spares without a waiter.
@@ -377,13 +482,16 @@ export class Pool {
 
   /** After RESUME: lend idle connections to the clients that waited, open more if needed. */
   kick(): void {
-    for (const conn of this.#idle.splice(0)) this.#handOut(conn);
+    for (const conn of [...this.#idle]) {
+      if (this.#waiting.length === 0) break;
+      this.#handOut(conn);
+    }
     this.#grow();
   }
 
   /** Closes the idle connections now (PAUSE, KILL, RECONNECT). */
   closeIdle(): void {
-    for (const conn of this.#idle.splice(0)) conn.close();
+    for (const conn of [...this.#idle]) conn.close();
   }
 
   /** RECONNECT: every connection is closed when it is next released; idle ones now. */
@@ -395,11 +503,9 @@ export class Pool {
 
   /** KILL: every server connection is closed now and every waiting client told so. */
   kill(): void {
+    const waiting = this.#waiting.splice(0);
     for (const conn of this.connections()) conn.destroy();
-    this.#idle = [];
-    this.#active.clear();
-    this.#used.clear();
-    for (const { w } of this.#waiting.splice(0)) w.onPoolError('57P01', 'terminating connection due to administrator command');
+    for (const { w } of waiting) w.onPoolError('57P01', 'terminating connection due to administrator command');
   }
 
   /** Connections not yet closed that RECONNECT marked (WAIT_CLOSE waits for none to be left). */
@@ -409,15 +515,15 @@ export class Pool {
     return n;
   }
 
-  /** Every connection of this pool, for totals and admin output. */
+  /** Every open connection of this pool, for totals and admin output. */
   connections(): ServerConn[] {
-    return [...this.#idle, ...this.#active, ...this.#used];
+    return [...this.#idle, ...this.#active, ...this.#tested, ...this.#login];
   }
 
   closeAll(): void {
+    const waiting = this.#waiting.splice(0);
     for (const c of this.connections()) c.close();
-    this.#idle = [];
-    for (const { w } of this.#waiting.splice(0)) w.onPoolError('57P01', 'terminating connection due to administrator command');
+    for (const { w } of waiting) w.onPoolError('57P01', 'terminating connection due to administrator command');
   }
 }
 

@@ -130,6 +130,12 @@ export class CachedStatement {
   readonly close: Buffer;
   /** The server-side name with its NUL, spliced into Bind frames. */
   readonly nameZ: Buffer;
+  /** The query text (for classifiers that look at what a Bind runs). */
+  readonly text: string;
+  /** A classifier's verdict on the text, kept by whoever asks (see PreparedSink.bound). */
+  sequences: boolean | null = null;
+  /** Scopes (pools) where a server accepted this Parse: there a client's Parse of it may be answered without a server. */
+  readonly parsedIn = new WeakSet<object>();
   #refs = 0;
   #owner: Map<string, CachedStatement>;
 
@@ -141,6 +147,8 @@ export class CachedStatement {
     this.describe = new Writer().byte(BYTE_S).cstring(this.name).message(FE.Describe);
     this.close = new Writer().byte(BYTE_S).cstring(this.name).message(FE.Close);
     this.nameZ = Buffer.from(`${this.name}\0`, 'latin1');
+    const nul = body.indexOf(0);
+    this.text = body.toString('utf8', 0, nul < 0 ? body.length : nul);
   }
 
   /** Holders: client mappings, server connections that have it prepared, queued requests. */
@@ -177,6 +185,32 @@ export class StatementCache {
     }
     return e;
   }
+
+  /** The entry for exactly these Parse body bytes, if the cache has one (no new entry is made). */
+  find(buf: Buffer, from: number, end: number): CachedStatement | undefined {
+    return this.#byKey.get(buf.toString('latin1', from, end));
+  }
+
+  /**
+   * A server showed this statement's plan is stale (0A000 "cached plan must
+   * not change result type" after DDL): later Parses of the same text get a
+   * fresh entry and server name, so they are really prepared again. Holders
+   * of the old entry keep it.
+   */
+  retire(e: CachedStatement): void {
+    if (this.#byKey.get(e.key) === e) this.#byKey.delete(e.key);
+    this.retired++;
+  }
+
+  /** DDL went through Postern: every shared plan may be stale; later Parses are prepared afresh. */
+  retireAll(): void {
+    if (this.#byKey.size === 0) return;
+    this.#byKey.clear();
+    this.retired++;
+  }
+
+  /** Times statements were retired (tests, admin). */
+  retired = 0;
 
   /** Snapshot for admin views and tests. */
   entries(): CachedStatement[] {
@@ -290,6 +324,8 @@ export interface PreparedSink {
   toServer(buf: Buffer, start: number, end: number): void;
   /** Bytes [start, end) of buf to the client: a view of the server's frame or a constant synthetic frame. */
   toClient(buf: Buffer, start: number, end: number): void;
+  /** A Bind of this named statement goes to the server now (it will run there). */
+  bound?(entry: CachedStatement): void;
 }
 
 /** What each of the rewriter's queued requests is (the ledger entry's tag). */
@@ -314,6 +350,8 @@ const T = {
   CloseEvict: 6,
   /** Client's Close('S', name): synthetic CloseComplete in its turn (a marker). */
   CloseSynthetic: 7,
+  /** A Bind or Describe('S') of a cached statement (its plan may turn out stale: 0A000). */
+  UsesStatement: 8,
 } as const;
 type Tag = (typeof T)[keyof typeof T];
 
@@ -604,6 +642,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
       return;
     }
     this.#ensure(server, ledger, entry);
+    this.#sink.bound?.(entry);
     const nameZ = entry.nameZ;
     const len = end - start - (nameEnd + 1 - nameStart) + nameZ.length;
     const out = Buffer.allocUnsafe(len);
@@ -612,7 +651,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     let off = 5 + buf.copy(out, 5, start + 5, nameStart);
     off += nameZ.copy(out, off);
     buf.copy(out, off, nameEnd + 1, end);
-    ledger.push(REQ.Bind, WHO.Client, this, T.Plain);
+    this.#push(ledger, REQ.Bind, WHO.Client, T.UsesStatement, entry, null, 0);
     this.#sink.toServer(out, 0, len);
   }
 
@@ -630,7 +669,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
       }
       if (entry !== undefined) {
         this.#ensure(server, ledger, entry);
-        ledger.push(REQ.Describe, WHO.Client, this, T.Plain);
+        this.#push(ledger, REQ.Describe, WHO.Client, T.UsesStatement, entry, null, 0);
         this.#sink.toServer(entry.describe, 0, entry.describe.length);
         return;
       }
@@ -783,12 +822,57 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
 
   settled(ledger: Ledger, at: number, ok: boolean): void {
     if (!ok) this.#undo(ledger, at);
+    else if (this.scope !== null) {
+      const tag = ledger.tagAt(at);
+      if (tag === T.ParseNamed || tag === T.ParseInjected) (ledger.objAt(at) as CachedStatement).parsedIn.add(this.scope);
+    }
     this.#forget(ledger, at);
   }
 
   dropped(ledger: Ledger, at: number): void {
     this.#undo(ledger, at);
     this.#forget(ledger, at);
+  }
+
+  failed(ledger: Ledger, at: number, buf: Buffer, start: number, end: number): void {
+    if (ledger.tagAt(at) !== T.UsesStatement) return;
+    const code = buf.indexOf('C0A000\0', start + 5, 'latin1');
+    if (code < 0 || code >= end) return;
+    // "cached plan must not change result type": the shared plan is stale
+    // here. Later Parses of this text are prepared afresh (a driver's own
+    // recovery, a new Parse, then works), and this server forgets it so a
+    // client that still names it gets the server's answer, not a guess.
+    const e = ledger.objAt(at) as CachedStatement;
+    this.#cache.retire(e);
+    this.staleRetired++;
+  }
+
+  /** Statements retired because a server reported their plan stale. */
+  staleRetired = 0;
+
+  /** The scope (pool) of the attached server: a successful Parse is remembered there (see parseLocally). */
+  scope: object | null = null;
+
+  /**
+   * A named Parse the client sends while it holds no server: answered here,
+   * without a server, when a server of the same scope already accepted that
+   * exact statement (text and parameter types) and the name is free. The
+   * server-side Parse happens in front of the first Bind or Describe that
+   * needs it (as for a client that lands on a server lacking it). Returns
+   * false when a server must answer.
+   */
+  parseLocally(buf: Buffer, start: number, end: number, scope: object): boolean {
+    const nameStart = start + 5;
+    const nameEnd = nulAt(buf, nameStart, end);
+    if (nameEnd === nameStart) return false;
+    const name = buf.toString('latin1', nameStart, nameEnd);
+    if (this.#names.has(name) || this.#pendingNames.has(name)) return false;
+    const entry = this.#cache.find(buf, nameEnd + 1, end);
+    if (entry === undefined || !entry.parsedIn.has(scope)) return false;
+    entry.ref();
+    this.#names.set(name, entry);
+    this.hits++;
+    return true;
   }
 
   marker(ledger: Ledger, at: number): void {

@@ -4,7 +4,10 @@
 // link is TLS and the server offers it, or SCRAM keys recovered from a client's
 // proof), then ParameterStatus and BackendKeyData until ReadyForQuery.
 // After login the connection is handed to pools and linked to one client at a
-// time; its bytes go to whatever ServerLink is attached.
+// time; its bytes go to whatever ServerLink is attached. It owns the ledger of
+// what it still owes (expect.ts) and the settings its session has (reported
+// ones from ParameterStatus, others as Postern set them), and tells its pool
+// exactly once when it ends, however it ends.
 
 import { createHash } from 'node:crypto';
 import type net from 'node:net';
@@ -34,18 +37,23 @@ import {
   TERMINATE,
 } from '../protocol/frontend.ts';
 import { Reader } from '../protocol/reader.ts';
-import { encodeStartup } from '../protocol/startup.ts';
+import { encodeCancel, encodeStartup } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { ServerTlsOptions } from '../tls/contexts.ts';
 import { connectServer, type ReadInto } from './connect.ts';
+import { Ledger } from './expect.ts';
 import type { ServerStatements } from './prepared.ts';
 
 export const SV = {
   Login: 'login',
   Idle: 'idle',
   Active: 'active',
-  /** Returned by a client but not yet clean (reset query running). */
-  Used: 'used',
+  /**
+   * Not lendable yet: running server_reset_query or server_check_query, being
+   * cleaned after its client left, or waiting for a cancel request to land
+   * (PgBouncer's "tested").
+   */
+  Tested: 'tested',
   Closed: 'closed',
 } as const;
 export type ServerState = (typeof SV)[keyof typeof SV];
@@ -99,7 +107,12 @@ export interface ServerLink {
   onServerViolation(kind: ViolationKind, detail: string): void;
   onServerClosed(conn: ServerConn): void;
   onServerDrain(): void;
+  /** Something unexpected was thrown while this link handled the connection's bytes (a bug): end what the link serves. */
+  onServerError?(err: Error): void;
 }
+
+/** A custom (unreported) setting whose value on the connection is not known: it must be set or reset before anyone relies on it. */
+export const UNKNOWN_VALUE = '\u0000unknown';
 
 const ALL_BACKEND = VALID_BACKEND;
 
@@ -149,7 +162,12 @@ export class ServerConn implements FrameSink {
   readonly id = takeServerId();
   readonly target: ServerTarget;
   readonly user: string;
+  /** Settings the server reports (ParameterStatus), by lower-case name (GUC names are case-insensitive). */
   readonly params = new Map<string, string>();
+  /** The server's spelling of each reported name (DateStyle, TimeZone ...), by lower-case name. */
+  readonly paramNames = new Map<string, string>();
+  /** What this connection still owes, in order. */
+  readonly ledger = new Ledger();
   readonly createdAt = Date.now();
   lastUsedAt = Date.now();
   key: { pid: number; key: Buffer } | null = null;
@@ -163,12 +181,24 @@ export class ServerConn implements FrameSink {
   }
   /** Free-form owner tag (the pool it belongs to). */
   pool: unknown = null;
-  /** Settings Postern SET on this connection for a client (name -> value), beyond what the server reports. */
-  readonly applied = new Map<string, string>();
-  /** Session-level SETs of unreported settings on this connection: name -> SQL value text. */
-  readonly appliedSql = new Map<string, string>();
+  /** Called once when the connection ends, however it ends (the pool frees its slot). */
+  onGone: ((conn: ServerConn) => void) | null = null;
+  /**
+   * Unreported settings changed on this connection's session (by Postern or
+   * by a client), by lower-case name: the value now, or UNKNOWN_VALUE. A name
+   * absent here has the session's default.
+   */
+  readonly custom = new Map<string, string>();
+  /** The settings object of the client whose settings this connection has as they were at `settingsVersion` (skip the comparison when it returns unchanged). */
+  settingsOf: object | null = null;
+  settingsVersion = -1;
+  /** The client that used it last (sequences: see pool.discard_sequences). */
+  lastClient = 0;
+  /** A statement that may have used a sequence ran here since the last DISCARD SEQUENCES: currval/lastval could show it to another client. */
+  sequencesUsed = false;
   /** Cancel requests sent for this connection and not yet delivered: it must not be lent to anyone else meanwhile. */
   cancelsInFlight = 0;
+  #cancelWaiters: Array<() => void> = [];
   /** Id of the client session this connection serves now (admin output); null when idle. */
   owner: number | null = null;
   /** RECONNECT from the admin console: close it when its client gives it back instead of reusing it. */
@@ -176,11 +206,68 @@ export class ServerConn implements FrameSink {
   /** Protocol-level statements Postern prepared here (transaction mode); created by the first session that needs it. */
   statements: ServerStatements | null = null;
 
-  /** After a reset query (DISCARD ALL): nothing Postern set or prepared survives. */
+  /** After a reset query (DISCARD ALL): nothing Postern or a client set or prepared survives. */
   resetApplied(): void {
-    this.applied.clear();
-    this.appliedSql.clear();
+    this.custom.clear();
+    this.settingsOf = null;
+    this.sequencesUsed = false;
     this.statements?.clear();
+  }
+
+  /** A reported setting, by any spelling of its name. */
+  param(name: string): string | undefined {
+    return this.params.get(name.toLowerCase());
+  }
+
+  #setParam(name: string, value: string): void {
+    const key = name.toLowerCase();
+    this.params.set(key, value);
+    if (!this.paramNames.has(key)) this.paramNames.set(key, name);
+  }
+
+  /** Reported settings in the server's spelling (a greeting's ParameterStatus). */
+  reportedSettings(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const [k, v] of this.params) out.set(this.paramNames.get(k) ?? k, v);
+    return out;
+  }
+
+  /**
+   * Sends a CancelRequest for this connection's backend on a new connection
+   * to its server. Until the server has taken it (closed that connection),
+   * cancelsInFlight counts it: a pool must not lend this connection to anyone
+   * else meanwhile, or the cancel could hit their query.
+   */
+  sendCancel(log: Logger): void {
+    const key = this.key;
+    if (key === null) return;
+    const t = this.target;
+    this.cancelsInFlight++;
+    connectServer(t.host, t.port, t.tls, t.connectTimeout).then(
+      (c) => {
+        c.socket.on('error', () => {});
+        c.socket.on('close', () => this.#cancelDone());
+        c.socket.end(encodeCancel(key.pid, key.key));
+        c.socket.resume();
+      },
+      (err: Error) => {
+        log.warn({ server: this.id, err: err.message }, 'cancel could not reach the server');
+        this.#cancelDone();
+      },
+    );
+  }
+
+  #cancelDone(): void {
+    if (--this.cancelsInFlight > 0) return;
+    const w = this.#cancelWaiters;
+    this.#cancelWaiters = [];
+    for (const f of w) f();
+  }
+
+  /** Calls `f` once no cancel request for this connection is in flight (at once when none is). */
+  whenCancelsDone(f: () => void): void {
+    if (this.cancelsInFlight === 0) f();
+    else this.#cancelWaiters.push(f);
   }
   readonly log: Logger;
   #socket: net.Socket | null = null;
@@ -242,14 +329,33 @@ export class ServerConn implements FrameSink {
   /** One received chunk through the framer; true when the link may still refer to its bytes. */
   #onChunk(chunk: Buffer): boolean {
     const link = this.#link;
-    if (link?.onServerChunk === undefined) {
-      this.#stream?.push(chunk);
-      // No batching link (a pool's drain, a query of Postern's own): they copy what they keep.
-      return false;
+    try {
+      if (link?.onServerChunk === undefined) {
+        this.#stream?.push(chunk);
+        // No batching link (a pool's drain, a query of Postern's own): they copy what they keep.
+        return false;
+      }
+      link.onServerChunk(true);
+      let retained = true;
+      try {
+        this.#stream?.push(chunk);
+      } finally {
+        retained = link.onServerChunk(false);
+      }
+      return retained;
+    } catch (e) {
+      // The one catch of this connection's data path: a malformed server
+      // message ends this connection (and what it serves), never the process.
+      this.#stream?.kill();
+      if (e instanceof ProtocolViolation) this.onViolation(e.kind, e.message);
+      else {
+        this.log.error({ err: (e as Error).message, stack: (e as Error).stack }, 'internal error on a server connection');
+        const l = this.#link;
+        this.destroy();
+        l?.onServerError?.(e as Error);
+      }
+      return true;
     }
-    link.onServerChunk(true);
-    this.#stream?.push(chunk);
-    return link.onServerChunk(false);
   }
 
   /** Connects and logs in; resolves at the first ReadyForQuery. */
@@ -335,6 +441,15 @@ export class ServerConn implements FrameSink {
     this.lastUsedAt = Date.now();
   }
 
+  /** Changes what the attached link reads whole, from the next frame on. */
+  setInspect(inspect: Uint8Array): void {
+    this.#stream?.setInspect(inspect);
+  }
+
+  get link(): ServerLink | null {
+    return this.#link;
+  }
+
   detach(): void {
     this.#link = null;
     this.lastUsedAt = Date.now();
@@ -373,11 +488,8 @@ export class ServerConn implements FrameSink {
    */
   close(terminate = true): void {
     if (this.#closed) return;
-    this.#closed = true;
-    this.statements?.clear();
-    this.state = SV.Closed;
+    this.#end();
     const s = this.#socket;
-    this.#stream?.kill();
     if (s !== null && !s.destroyed) {
       if (terminate) s.write(TERMINATE);
       s.end();
@@ -386,19 +498,25 @@ export class ServerConn implements FrameSink {
   }
 
   destroy(): void {
+    if (!this.#closed) this.#end();
+    this.#socket?.destroy();
+  }
+
+  /** The one place a connection ends: nothing it owes will come, its statements are gone, its pool hears it once. */
+  #end(): void {
     this.#closed = true;
     this.statements?.clear();
     this.state = SV.Closed;
     this.#stream?.kill();
-    this.#socket?.destroy();
+    this.ledger.abandon();
+    const gone = this.onGone;
+    this.onGone = null;
+    gone?.(this);
   }
 
   #onClose(): void {
     const wasClosed = this.#closed;
-    this.#closed = true;
-    this.statements?.clear();
-    this.state = SV.Closed;
-    this.#stream?.kill();
+    if (!wasClosed) this.#end();
     if (this.#login !== null) {
       const l = this.#login;
       this.#login = null;
@@ -453,8 +571,13 @@ export class ServerConn implements FrameSink {
     else if (type === BE.ParameterStatus) {
       // Reported settings are tracked whoever is linked, so a pooled
       // connection always knows its own client_encoding, TimeZone, ...
-      const [k, v] = decodeParameterStatus(buf, start, end);
-      this.params.set(k, v);
+      let kv: [string, string];
+      try {
+        kv = decodeParameterStatus(buf, start, end);
+      } catch {
+        throw new ProtocolViolation('malformed', 'broken ParameterStatus packet');
+      }
+      this.#setParam(kv[0], kv[1]);
     }
     this.#link?.onServerMessage(type, buf, start, end);
   }
@@ -468,8 +591,9 @@ export class ServerConn implements FrameSink {
       return;
     }
     this.log.warn({ kind, detail }, 'protocol violation by server');
-    this.#link?.onServerViolation(kind, detail);
+    const link = this.#link;
     this.destroy();
+    link?.onServerViolation(kind, detail);
   }
 
   #onLoginMessage(type: number, buf: Buffer, start: number, end: number): void {
@@ -482,7 +606,7 @@ export class ServerConn implements FrameSink {
         return;
       case BE.ParameterStatus: {
         const [k, v] = decodeParameterStatus(buf, start, end);
-        this.params.set(k, v);
+        this.#setParam(k, v);
         return;
       }
       case BE.BackendKeyData:

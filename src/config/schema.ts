@@ -311,6 +311,14 @@ export const SETTINGS: readonly Setting[] = [
     'Transaction mode: protocol-level named prepared statements are tracked and re-prepared on whichever server a client lands on; this caps how many each server connection keeps (least recently used closed first). 0 turns the feature off.',
   ),
   row(
+    'pool.discard_sequences',
+    'enum',
+    z.enum(['auto', 'always', 'off']),
+    'auto',
+    true,
+    "Transaction and statement mode: run `DISCARD SEQUENCES` before a server connection passes to another client, so `currval()`/`lastval()` never show one client another's value. `auto`: when a statement that may have used a sequence ran on it (a write, procedural code, or a call of a function that is not a known built-in); `always`: at every change of client (a statement's worth of server time per transaction); `off`: never (PgBouncer's behaviour).",
+  ),
+  row(
     'pool.server_reset_query',
     'string',
     z.string(),
@@ -494,6 +502,7 @@ export interface PoolConfig {
   idle_transaction_timeout: number;
   server_reset_query: string;
   max_prepared_statements: number;
+  discard_sequences: 'auto' | 'always' | 'off';
   server_check_query: string;
   server_check_delay: number;
 }

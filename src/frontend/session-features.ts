@@ -13,6 +13,7 @@
 //             the client keeps its server connection for the rest of its session.
 
 import { classify } from '../sql/classify.ts';
+import { TOKEN, type Token, tokenize } from '../sql/lexer.ts';
 
 export interface SessionEffects {
   /** Why the client must stay on its server connection from now on; null when it need not. */
@@ -116,4 +117,77 @@ export function compute(sql: string, scs: boolean): SessionEffects {
   }
   if (pin === null && sets.length === 0 && !resetAll && forget.length === 0) return NONE;
   return { pin, sets, resetAll, forget };
+}
+
+// ---------------------------------------------------------------- sequences
+
+/**
+ * currval() and lastval() read per-session state that nextval() and
+ * setval() leave behind, so a server connection that passed from one client
+ * to another could show the second client the first one's value (where
+ * PostgreSQL raises 55000). Postern runs DISCARD SEQUENCES before lending a
+ * connection to another client when a statement that may have called either
+ * ran on it (pool.discard_sequences: auto). "May have": anything that writes
+ * (column defaults, triggers), runs procedural code, or calls a function
+ * that is not one of the built-ins below. Not seen: a view whose definition
+ * calls nextval(), read with a plain SELECT (docs/transaction-mode.md).
+ */
+const SEQUENCE_TRIGGERS = /nextval|setval|insert|update|merge|copy|call|do|execute|\(/i;
+/** Words that run a statement's writes or code, wherever they appear (data-modifying CTEs included). */
+const WRITES = new Set(['insert', 'update', 'merge', 'copy', 'call', 'do', 'execute', 'nextval', 'setval']);
+/**
+ * Keywords and built-in functions that may stand before '(' without calling
+ * anything that reaches a sequence. A name qualified by a schema other than
+ * pg_catalog is never taken for one of these.
+ */
+const SAFE_BEFORE_PAREN = new Set(
+  (
+    'select from where and or not in exists values any all some array row cast on using as case when then else join ' +
+    'lateral over filter within partition by order group having limit offset union intersect except is between like ' +
+    'ilike similar distinct returning table with recursive asc desc nulls first last ' +
+    'count sum avg min max coalesce nullif greatest least lower upper length char_length octet_length now abs round ' +
+    'floor ceil ceiling trunc date_trunc date_part extract to_char to_date to_timestamp to_number concat concat_ws substr ' +
+    'substring position overlay replace trim btrim ltrim rtrim left right split_part format md5 encode decode ' +
+    'regexp_replace regexp_match regexp_matches array_agg string_agg json_agg jsonb_agg json_build_object ' +
+    'jsonb_build_object json_build_array jsonb_build_array jsonb_set jsonb_extract_path jsonb_array_elements ' +
+    'json_array_elements row_number rank dense_rank lag lead first_value last_value ntile percent_rank cume_dist ' +
+    'bool_and bool_or every generate_series unnest array_length cardinality array_position age interval numeric ' +
+    'decimal varchar char character bit varbit time timestamp timestamptz float double precision current_setting ' +
+    'pg_backend_pid pg_sleep version current_database current_schema pg_is_in_recovery inet_server_port ' +
+    'pg_current_wal_lsn txid_current gen_random_uuid random mod power sqrt exp ln log sign pi'
+  ).split(' '),
+);
+const seqCache = new Map<string, boolean>();
+
+/** True when running `sql` may call nextval() or setval() (see above); false means it certainly does not. */
+export function mayUseSequences(sql: string, standardConformingStrings = true): boolean {
+  if (!SEQUENCE_TRIGGERS.test(sql)) return false;
+  const key = standardConformingStrings ? sql : `\u0000${sql}`;
+  const hit = seqCache.get(key);
+  if (hit !== undefined) return hit;
+  const v = computeSequences(sql, standardConformingStrings);
+  if (seqCache.size >= CACHE_MAX) seqCache.clear();
+  seqCache.set(key, v);
+  return v;
+}
+
+function computeSequences(sql: string, scs: boolean): boolean {
+  const tokens = tokenize(sql, { standardConformingStrings: scs });
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i] as Token;
+    if (t.kind === TOKEN.ERROR) return true;
+    if (t.kind !== TOKEN.IDENT && t.kind !== TOKEN.QUOTED_IDENT) continue;
+    const name = t.kind === TOKEN.IDENT ? t.value : t.value.toLowerCase();
+    if (WRITES.has(name)) return true;
+    const next = tokens[i + 1];
+    if (next === undefined || next.kind !== TOKEN.PUNCT || next.value !== '(') continue;
+    const dot = tokens[i - 1];
+    const qualified = dot !== undefined && dot.kind === TOKEN.PUNCT && dot.value === '.';
+    if (qualified) {
+      const schema = tokens[i - 2];
+      if (schema === undefined || schema.value.toLowerCase() !== 'pg_catalog') return true;
+    }
+    if (!SAFE_BEFORE_PAREN.has(name) || t.kind === TOKEN.QUOTED_IDENT) return true;
+  }
+  return false;
 }

@@ -2,8 +2,9 @@
 // (SSLRequest, GSSENCRequest, direct TLS, CancelRequest), the TLS upgrade,
 // the StartupMessage, authentication (by Postern per the hba rules, or relayed
 // to the server: `passthrough`), the server connection, and then byte-exact
-// forwarding in both directions with backpressure. Session mode: one server
-// connection per client session.
+// forwarding in both directions with backpressure. Pooled sessions hand their
+// steady state to the pooled link (pooled-link.ts); relayed and admin sessions
+// stay here.
 //
 // Every state change goes through #setState. Errors the client may see are
 // sent as ErrorResponse with Postgres's SQLSTATE; anything unexpected is
@@ -17,12 +18,10 @@ import { type AuthOutcome, ClientAuthExchange, type PasswordMethod } from '../au
 import { type HbaMatchInput, type HbaRule, matchHba, noMatchMessage, rejectMessage } from '../auth/hba.ts';
 import { certAllows } from '../auth/ident.ts';
 import { classifySecret, type StoredSecret } from '../auth/secrets.ts';
-import { connectServer, ServerConnectError } from '../backend/connect.ts';
-import type { Pool, PoolWaiter } from '../backend/pool.ts';
-import { PREPARED_CLIENT_INSPECT, PREPARED_SERVER_INSPECT, PreparedRewriter, ServerStatements } from '../backend/prepared.ts';
+import { ServerConnectError } from '../backend/connect.ts';
 import { ServerConn, type ServerLink, type ServerSecret } from '../backend/server-conn.ts';
+import { startupSettings } from '../backend/settings.ts';
 import { ADMIN_DATABASES } from '../config/load.ts';
-import type { PoolMode } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import {
   AUTH_OK,
@@ -30,7 +29,6 @@ import {
   decodeBackendKeyData,
   decodeNegotiateProtocolVersion,
   decodeNotice,
-  decodeParameterStatus,
   decodeSaslMechanisms,
   type ErrorSpec,
   encodeAuthSasl,
@@ -40,17 +38,16 @@ import {
   encodeParameterStatus,
   encodeReadyForQuery,
 } from '../protocol/backend.ts';
-import { AUTH, BE, FE, LATEST_MINOR, typeTable, VALID_BACKEND, VALID_FRONTEND } from '../protocol/codes.ts';
+import { AUTH, BE, FE, frontendLimits, LATEST_MINOR, TX, typeTable, VALID_FRONTEND } from '../protocol/codes.ts';
 import { BAD_LENGTH, type FrameSink, MessageStream, NEED_MORE, startupFrame } from '../protocol/framer.ts';
-import { encodeCopyFail, encodeQuery, SYNC } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
-import { decodeStartup, encodeCancel, encodeStartup, type StartupPacket } from '../protocol/startup.ts';
+import { decodeStartup, encodeStartup, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { TrafficStats } from '../stats/registry.ts';
 import { QueryTracker, type TrackerSink } from '../stats/tracker.ts';
 import { ALPN_POSTGRESQL } from '../tls/contexts.ts';
 import type { ClientInfo, Context, SessionHandle } from './context.ts';
-import { sessionEffects } from './session-features.ts';
+import { type LinkShell, PooledLink } from './pooled-link.ts';
 
 export const STATE = {
   Negotiating: 'negotiating',
@@ -85,49 +82,22 @@ const CLIENT_INSPECT_RELAY = typeTable([FE.Terminate, FE.Password]);
 /** While Postern authenticates: every client message (only 'p' and 'X' are legal). */
 const CLIENT_INSPECT_ALL = VALID_FRONTEND;
 const GS2_CLIENT_SUPPORTS_CB = 0x79; // 'y'
-/** Pooled sessions: errors, ReadyForQuery (release point) and ParameterStatus (session state to carry across servers). */
-const SERVER_INSPECT_POOLED = typeTable([BE.ErrorResponse, BE.ReadyForQuery, BE.ParameterStatus]);
-/** While Postern's own injected statements run: every type a server may send, to swallow their responses. */
-const SERVER_INSPECT_ALL = VALID_BACKEND;
-/** Client frames that each earn exactly one ReadyForQuery: counted, not inspected. */
-const CLIENT_COUNT = typeTable([FE.Query, FE.Sync, FE.FunctionCall]);
+/** Every client message type but a password message: what a pooled or admin session accepts once logged in. */
+const VALID_LOGGED_IN = (() => {
+  const t = new Uint8Array(VALID_FRONTEND);
+  t[FE.Password] = 0;
+  return t;
+})();
 /** Client frames shown to the statistics tracker while they are forwarded. */
 const CLIENT_PEEK = typeTable([FE.Query, FE.Parse, FE.Bind, FE.Execute, FE.Sync, FE.FunctionCall, FE.Close, FE.Describe]);
 /** Server frames shown to the statistics tracker (those not inspected anyway). */
 const SERVER_PEEK = typeTable([BE.CommandComplete, BE.EmptyQueryResponse, BE.PortalSuspended, BE.ReadyForQuery, BE.ErrorResponse]);
-/** Startup parameters that are not settings to carry to pooled servers. */
-const NOT_SETTINGS: ReadonlySet<string> = new Set(['user', 'database', 'replication', 'options']);
-const GUC_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
+/** A failed auth_query lookup (server down, lookup role refused): not the same as an unknown user. */
+const LOOKUP_FAILED = Symbol('lookup failed');
 
-function union(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const t = new Uint8Array(256);
-  for (let i = 0; i < 256; i++) t[i] = (a[i] as number) | (b[i] as number);
-  return t;
-}
-/** Transaction mode with prepared-statement tracking: what the rewriter must see whole. */
-const CLIENT_INSPECT_PREPARED = union(CLIENT_INSPECT, PREPARED_CLIENT_INSPECT);
-const SERVER_INSPECT_PREPARED = union(SERVER_INSPECT_POOLED, PREPARED_SERVER_INSPECT);
-/** Transaction/statement mode: statement texts are read for session features (docs/transaction-mode.md). */
-const CLIENT_INSPECT_STATEMENTS = union(CLIENT_INSPECT, typeTable([FE.Query, FE.Parse]));
-
-/** `-c name=value` / `--name=value` pairs of a startup `options` string. */
-function parseOptions(options: string): Array<[string, string]> {
-  const out: Array<[string, string]> = [];
-  const words = options.match(/(?:\\.|\S)+/g) ?? [];
-  for (let i = 0; i < words.length; i++) {
-    let w = (words[i] as string).replace(/\\(.)/g, '$1');
-    if (w === '-c') w = (words[++i] ?? '').replace(/\\(.)/g, '$1');
-    else if (w.startsWith('-c')) w = w.slice(2);
-    else if (w.startsWith('--')) w = w.slice(2);
-    else continue;
-    const eq = w.indexOf('=');
-    if (eq > 0) out.push([w.slice(0, eq).replace(/-/g, '_'), w.slice(eq + 1)]);
-  }
-  return out;
-}
-
-function quoteLiteral(v: string): string {
-  return `'${v.replace(/'/g, "''")}'`;
+/** replication=true/database/on/1/yes: a walsender session, which a pool cannot serve. */
+function isReplication(v: string | undefined): boolean {
+  return v !== undefined && /^(true|on|yes|1|database)$/i.test(v);
 }
 const PASSWORD_METHODS: ReadonlySet<string> = new Set(['scram-sha-256', 'scram-sha-256-plus', 'md5', 'password']);
 
@@ -142,7 +112,7 @@ function saslGs2Flag(buf: Buffer, start: number, end: number): number {
 /** Sessions waiting for their TLS handshake, found again from the raw socket. */
 export const upgrading = new WeakMap<net.Socket, ClientSession>();
 
-export class ClientSession implements SessionHandle, PoolWaiter {
+export class ClientSession implements SessionHandle {
   readonly id: number;
   #log: Logger | null = null;
   cancelKey: Buffer = Buffer.alloc(0);
@@ -172,34 +142,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #authBusy = false;
   /** How the client was authenticated: an hba method name, for logs and counters. */
   authMethod = '';
-  /** Pooling: the pool this client draws from (null: dedicated/relayed server). */
-  #pool: Pool | null = null;
-  #poolMode: PoolMode = 'session';
-  /** What the client is waiting for a server for. */
-  #waitingFor: 'login' | 'txn' | null = null;
-  /** Chunks received while no server was linked (transaction mode): at most what arrived before the pause. */
-  #held: Buffer[] = [];
-  /** Settings the client's session should have on whichever server it lands on. */
-  #desired = new Map<string, string>();
-  /** Responses of Postern's injected statements still to swallow (ReadyForQuery count). */
-  #swallow = 0;
-  /** Release the server once the swallowed statements are done (statement-mode rollback). */
-  #releaseAfterSwallow = false;
-  /** ReadyForQuery messages forwarded to the client (matches the client stream's counted frames). */
-  #zSeen = 0;
+  /** Pooled sessions: the link that owns the steady state (null: relayed or admin). */
+  #link: PooledLink | null = null;
   #overLimit: boolean;
-  /** Transaction mode: named prepared statements made to work across server connections. */
-  #rw: PreparedRewriter | null = null;
-  /** The session uses a rewriter (transaction mode); it is made at the client's first message. */
-  #rwWanted = false;
-  /** Why this client keeps its server connection for the rest of its session (transaction mode); null: it does not. */
-  pinned: string | null = null;
-  /** Session-level SETs of unreported settings to carry across servers: name -> SQL value text. */
-  #desiredSql = new Map<string, string>();
+  /** The secret the client was authenticated against (users file or auth_query): an MD5 hash also answers a server's MD5 challenge. */
+  #stored: StoredSecret | null = null;
   /** Last time the client sent anything (coarse: for idle timeouts checked by the janitor). */
   #lastClientActivity = Date.now();
-  /** Bytes went to the server since its last ReadyForQuery: it may be busy. */
-  #sentSinceReady = false;
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt = Date.now();
@@ -216,8 +165,6 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #loginOutcome: { ok: boolean; reason: string | null } | null = null;
   /** Last time a query started (admin request_time). */
   #requestAt = Date.now();
-  /** The linked server's statement prepares when it was lent (server parse counting). */
-  #serverParsesAtLend = 0;
 
   constructor(ctx: Context, socket: net.Socket) {
     this.#ctx = ctx;
@@ -480,7 +427,13 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#client.removeListener('data', this.#onStartupData);
     this.#debug({ user, database, protocol: `3.${minor}`, tls: this.#tls?.version ?? null }, 'startup');
     // From here on the client speaks typed messages.
-    this.#clientStream = new MessageStream(this.#clientSink, VALID_FRONTEND, CLIENT_INSPECT_ALL, cfg.limits.max_message_size);
+    // Until authenticated, every message is small (PostgreSQL's auth limits), checked on its header.
+    this.#clientStream = new MessageStream(
+      this.#clientSink,
+      VALID_FRONTEND,
+      CLIENT_INSPECT_ALL,
+      frontendLimits(cfg.limits.max_message_size, false),
+    );
     this.#client.on('drain', this.#onClientDrain);
     this.#client.on('data', this.#onClientData);
     const earlyCopy = early.length > 0 ? Buffer.from(early) : null;
@@ -565,6 +518,18 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     const secret = await this.#lookupSecret();
     if (this.#isClosed()) return;
+    if (secret === LOOKUP_FAILED) {
+      // Postern could not ask: not the client's fault, not a password failure, not throttled.
+      this.#loginOutcome = { ok: false, reason: 'auth_query_failed' };
+      this.#ctx.count(this.#ctx.loginFailures, 'auth_query_failed');
+      this.#fatal(
+        SQLSTATE.ConnectionFailure,
+        `could not connect to the server for database "${this.#database}"`,
+        'Postern could not look up the credentials of this user (auth_query).',
+      );
+      return;
+    }
+    this.#stored = secret;
     const exchange = new ClientAuthExchange({
       method,
       user: this.#user,
@@ -623,8 +588,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#negotiatedMinor = this.#requestMinor;
   }
 
-  /** The user's stored secret: users file first, then auth_query (cached). null: unknown user. */
-  async #lookupSecret(): Promise<StoredSecret | null> {
+  /** The user's stored secret: users file first, then auth_query (cached). null: unknown user; LOOKUP_FAILED: the lookup itself failed. */
+  async #lookupSecret(): Promise<StoredSecret | null | typeof LOOKUP_FAILED> {
     const fromFile = this.#ctx.auth.users.get(this.#user);
     if (fromFile !== undefined) return fromFile;
     const a = this.#ctx.config.auth;
@@ -661,7 +626,7 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       return found;
     } catch (e) {
       this.log.warn({ err: (e as Error).message, database: dbName }, 'auth_query failed');
-      return null;
+      return LOOKUP_FAILED;
     } finally {
       conn.close();
     }
@@ -741,39 +706,76 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
     const mapping = cfg.users[this.#user];
     const serverUser = mapping?.server_user ?? db.server_user ?? this.#user;
+    const mode = mapping?.pool_mode ?? db.pool_mode ?? cfg.pool.pool_mode;
+    if (isReplication(this.#params.get('replication'))) {
+      // A walsender session speaks another protocol and cannot be pooled.
+      this.#fatal(
+        SQLSTATE.FeatureNotSupported,
+        `replication connections cannot be pooled (database "${this.#database}" uses pool_mode ${mode})`,
+        'The startup packet asked for replication.',
+        'Relay replication clients to the server: a passthrough line for them in auth.hba_file.',
+      );
+      return;
+    }
+    const startup = startupSettings(this.#params);
+    if (!(startup instanceof Map)) {
+      this.#fatal(startup.code, startup.message);
+      return;
+    }
     const secret: ServerSecret = {};
     const pw = mapping?.server_user !== undefined ? mapping.server_password : (mapping?.server_password ?? db.server_password);
     if (pw !== undefined) secret.password = pw;
     else if (serverUser === this.#user) {
       if (creds.password !== undefined) secret.password = creds.password;
       if (creds.scramKeys !== undefined) secret.scramKeys = creds.scramKeys;
-      const stored = this.#ctx.auth.users.get(this.#user);
+      // An MD5 hash from the users file or auth_query answers the server's MD5 challenge.
+      const stored = this.#stored ?? this.#ctx.auth.users.get(this.#user) ?? null;
       if (stored?.kind === 'md5') secret.md5 = stored.hash;
     }
-    for (const [k, v] of this.#params) {
-      if (NOT_SETTINGS.has(k) || k.startsWith('_pq_.') || !GUC_NAME.test(k)) continue;
-      this.#desired.set(k, v);
-    }
-    for (const [k, v] of parseOptions(this.#params.get('options') ?? '')) if (GUC_NAME.test(k)) this.#desired.set(k, v);
-    const mode = mapping?.pool_mode ?? db.pool_mode ?? cfg.pool.pool_mode;
     const pool = this.#ctx.pools.get(target, serverUser, mode, this.#ctx.share(db.pool_size ?? cfg.pool.default_pool_size));
     // The newest credentials open the pool's next connections.
     if (secret.password !== undefined || secret.scramKeys !== undefined || secret.md5 !== undefined) pool.secret = secret;
-    this.#pool = pool;
-    this.#poolMode = mode;
     this.#traffic = this.#ctx.stats.traffic(this.#database, this.#user);
     this.#setState(STATE.Connecting);
-    if (pool.welcome !== null) {
-      // No server needed until the first query, in every mode (as in
-      // PgBouncer): an idle client holds no server connection. In session
-      // mode the one it gets then stays its own until it leaves.
-      this.#greet(pool.welcome);
-      return;
-    }
-    this.#waitingFor = 'login';
-    this.#waitSince = performance.now();
-    const conn = pool.acquire(this);
-    if (conn !== null) this.onServer(conn);
+    // No server is needed until the first query, in every mode (as in
+    // PgBouncer), once this pool has checked the client's startup settings.
+    const link = new PooledLink(this.#shell(), pool, mode, startup);
+    this.#link = link;
+    link.start();
+  }
+
+  /** What the pooled link may ask of this session. */
+  #shell(): LinkShell {
+    const session = this;
+    const stream = this.#clientStream as MessageStream;
+    return {
+      id: this.id,
+      ctx: this.#ctx,
+      database: this.#database,
+      user: this.#user,
+      stream,
+      get traffic() {
+        return session.#traffic as TrafficStats;
+      },
+      logFor: (server) => (server === null ? this.log : this.log.child({ server: server.id })),
+      send: (buf) => this.#send(buf),
+      toClient: (buf, start, end) => this.#toClient(buf, start, end),
+      clientChunk: (start) => this.#clientChunk(start),
+      pauseClient: () => this.#client.pause(),
+      resumeClient: () => {
+        if (this.#client.isPaused()) this.#client.resume();
+      },
+      greet: (params) => this.#greet(params),
+      fatal: (code, message, detail, hint) => this.#fatal(code, message, detail, hint),
+      terminate: (code, message) => this.terminate(code, message),
+      destroy: () => this.#destroy(),
+      close: () => this.#close(),
+      internalError: (e) => this.#internalError(e),
+      observeServer: (type, buf, start, end) => this.#tracker?.onServerFrame(type, buf, start, end),
+      observeClient: (type, buf, start, end) => this.#observeClient(type, buf, start, end),
+      countError: (code) => this.#countError(code),
+      countViolation: (who, kind) => this.#ctx.count(this.#ctx.stats.violations, `${who}/${kind}`),
+    };
   }
 
   /** The admin console: greet like a server, then every client frame goes to the console. */
@@ -802,202 +804,32 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         ['application_name', this.#params.get('application_name') ?? ''],
       ]),
     );
-    this.#clientStream?.setCount(null);
     this.#clientStream?.setInspect(VALID_FRONTEND);
   }
 
-  /** PoolWaiter: a server connection is lent to this client. */
-  onServer(conn: ServerConn): void {
-    const why = this.#waitingFor;
-    this.#waitingFor = null;
-    if (this.#isClosed() || this.#pool === null) {
-      this.#pool?.release(conn, true);
-      return;
-    }
-    this.#server = conn;
-    conn.owner = this.id;
-    this.#serverParsesAtLend = conn.statements?.prepares ?? 0;
-    if (this.#traffic !== null) this.#traffic.assignments++;
-    if (this.#waitSince > 0) {
-      const us = (performance.now() - this.#waitSince) * 1000;
-      this.#waitSince = 0;
-      const t = this.#traffic;
-      if (t !== null) {
-        t.waitUs += us;
-        t.waitHist.observe(us);
-      }
-    }
-    conn.attach(this.#serverLink, this.#serverInspect(), SERVER_PEEK);
-    if (why === 'login') {
-      const welcome = this.#pool.welcome ?? conn.params;
-      if (this.#poolMode === 'session') this.#applySettings(conn);
-      this.#greet(welcome);
-      if (this.#poolMode !== 'session') this.#releaseServer(true);
-      return;
-    }
-    // Transaction mode: carry the session's settings over, then what the client sent.
-    if (this.#rw !== null) {
-      conn.statements ??= new ServerStatements(this.#ctx.config.pool.max_prepared_statements);
-      this.#rw.attach(conn.statements);
-    }
-    // The settings and what the client sent leave in one write.
-    conn.cork();
-    this.#applySettings(conn);
-    const held = this.#held;
-    this.#held = [];
-    for (const chunk of held) this.#clientStream?.push(chunk);
-    conn.uncork();
-    if (this.#client.isPaused()) this.#client.resume();
-  }
-
-  /** PoolWaiter: no server will come. */
-  onPoolError(code: string, message: string, detail?: string): void {
-    this.#waitingFor = null;
-    this.log.info({ code, message }, 'no server connection for the client');
-    this.#fatal(code, message, detail);
-  }
-
-  /** AuthenticationOk, ParameterStatus (the client's own values where it asked for them), BackendKeyData, ReadyForQuery. */
+  /** AuthenticationOk, ParameterStatus (the values this client's session has), BackendKeyData, ReadyForQuery. */
   #greet(serverParams: ReadonlyMap<string, string>): void {
     const mine = this.#ctx.issueCancelKey(this.#negotiatedMinor >= 2 ? 32 : 4);
     this.#pid = mine.pid;
     this.cancelKey = mine.key;
     this.#ctx.register(mine.pid, this);
     const greet: Buffer[] = [AUTH_OK];
-    for (const [k, v] of serverParams) greet.push(encodeParameterStatus(k, this.#desired.get(k) ?? v));
-    greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(0x49));
+    for (const [k, v] of serverParams) greet.push(encodeParameterStatus(k, v));
+    greet.push(encodeBackendKeyData(mine.pid, mine.key), encodeReadyForQuery(TX.Idle));
     this.#send(Buffer.concat(greet));
     this.#becomeActive();
-    // Counted in every pooled mode: a hand-back is clean only with nothing in flight.
-    this.#clientStream?.setCount(CLIENT_COUNT);
-    if (this.#poolMode !== 'session') this.#clientStream?.setInspect(CLIENT_INSPECT_STATEMENTS);
-    if (this.#poolMode === 'transaction' && this.#ctx.config.pool.max_prepared_statements > 0) {
-      // The rewriter itself is made when the client first sends something
-      // (see #onClientData): nothing can be owed before that, and an idle
-      // client then holds none.
-      this.#rwWanted = true;
-      this.#clientStream?.setInspect(union(CLIENT_INSPECT_PREPARED, CLIENT_INSPECT_STATEMENTS));
-    }
-  }
-
-  #makeRewriter(): PreparedRewriter {
-    return new PreparedRewriter(this.#ctx.statements, {
-      toServer: (b, st, e) => this.#toServer(b, st, e),
-      toClient: (b, st, e) => this.#toClient(b, st, e),
-    });
-  }
-
-  /**
-   * Sends SET for every setting of this client that the server connection
-   * does not have yet; their responses are swallowed. Each SET is its own
-   * Query, so one refused value cannot void the others.
-   */
-  #applySettings(conn: ServerConn): void {
-    // The common case, checked without building anything: nothing to carry over.
-    if (this.#desiredSql.size === 0 && conn.appliedSql.size === 0 && conn.applied.size === 0 && this.#sameSettings(conn)) return;
-    const sql: string[] = [];
-    for (const [k, v] of this.#desired) {
-      const current = conn.params.get(k) ?? conn.applied.get(k);
-      if (current === v) continue;
-      sql.push(`SET ${k} = ${quoteLiteral(v)}`);
-      conn.applied.set(k, v);
-    }
-    for (const [k, v] of this.#desiredSql) {
-      if (conn.params.has(k) || conn.appliedSql.get(k) === v) continue;
-      sql.push(`SET ${k} = ${v}`);
-      conn.appliedSql.set(k, v);
-    }
-    // What earlier clients set on this connection and this client did not: back to defaults.
-    for (const k of [...conn.appliedSql.keys()]) {
-      if (this.#desiredSql.has(k)) continue;
-      sql.push(`SET ${k} = DEFAULT`);
-      conn.appliedSql.delete(k);
-    }
-    for (const k of [...conn.applied.keys()]) {
-      if (this.#desired.has(k) || conn.params.has(k)) continue;
-      sql.push(`RESET ${k}`);
-      conn.applied.delete(k);
-    }
-    if (sql.length === 0) return;
-    this.#swallow += sql.length;
-    conn.attach(this.#serverLink, SERVER_INSPECT_ALL);
-    conn.write(Buffer.concat(sql.map((q) => encodeQuery(q))));
-  }
-
-  /** Every setting this client wants already has that value on conn (as reported or as applied). */
-  #sameSettings(conn: ServerConn): boolean {
-    for (const [k, v] of this.#desired) {
-      if ((conn.params.get(k) ?? conn.applied.get(k)) !== v) return false;
-    }
-    return true;
-  }
-
-  #serverInspect(): Uint8Array {
-    return this.#rw !== null ? SERVER_INSPECT_PREPARED : SERVER_INSPECT_POOLED;
-  }
-
-  /**
-   * The client left mid-work: end any COPY, Sync, cancel what runs, and let
-   * the pool drain and roll back before it lends the connection again.
-   */
-  #reclaimServer(conn: ServerConn, pending: number): void {
-    const pool = this.#pool;
-    if (pool === null) return;
-    const busy = this.#sentSinceReady;
-    this.#rw?.reset();
-    this.#server = null;
-    this.#countServerParses(conn);
-    // CopyFail ends a COPY FROM STDIN (ignored otherwise); Sync ends any
-    // extended-protocol batch and earns one more ReadyForQuery.
-    conn.write(Buffer.concat([encodeCopyFail('client disconnected'), SYNC]));
-    if (busy) this.#sendCancel(conn);
-    pool.reclaim(conn, Math.max(pending, 0) + this.#swallow + 1);
-  }
-
-  /**
-   * Everything the client sent has been answered: each counted frame
-   * (Query, Sync, FunctionCall) got its ReadyForQuery, no frame came after
-   * the last of them (an unsynced Parse/Bind/Execute would still be owed
-   * responses), and the client sits between messages.
-   */
-  #clientSettled(): boolean {
-    const stream = this.#clientStream;
-    return stream !== null && stream.counted === this.#zSeen && stream.frames === stream.framesAtLastCounted && stream.atBoundary;
-  }
-
-  /** Parses Postern sent on this connection while this client held it (SHOW STATS total_server_parse_count). */
-  #countServerParses(conn: ServerConn): void {
-    const now = conn.statements?.prepares ?? 0;
-    if (this.#traffic !== null && now > this.#serverParsesAtLend) this.#traffic.serverParses += now - this.#serverParsesAtLend;
-    this.#serverParsesAtLend = now;
-  }
-
-  /** Gives the linked server back to its pool. */
-  #releaseServer(reusable: boolean): void {
-    const conn = this.#server;
-    const pool = this.#pool;
-    if (conn === null || pool === null) return;
-    this.#server = null;
-    this.#countServerParses(conn);
-    const rw = this.#rw;
-    if (rw !== null) {
-      if (rw.idle) rw.detach();
-      else {
-        // Responses still owed: the connection cannot serve anyone else.
-        rw.reset();
-        reusable = false;
-      }
-    }
-    pool.release(conn, reusable && conn.cancelsInFlight === 0 && this.#swallow === 0);
-    // The server's 'drain' will not reach this session any more: a client
-    // paused by that server's backpressure reads again now.
-    if (this.#client.isPaused() && this.#waitingFor === null) this.#client.resume();
   }
 
   #becomeActive(): void {
     this.#clearLoginTimer();
     this.#setState(STATE.Active);
     this.#clientStream?.setInspect(CLIENT_INSPECT);
+    // Logged in: the real size limits, by type; a password message is no longer legal (a relayed server judges for itself).
+    const relayed = this.#link === null && !this.#isAdmin;
+    this.#clientStream?.setLimits(
+      frontendLimits(this.#ctx.config.limits.max_message_size, true),
+      relayed ? VALID_FRONTEND : VALID_LOGGED_IN,
+    );
     if (!this.#isAdmin) {
       this.#traffic ??= this.#ctx.stats.traffic(this.#database, this.#user);
       this.#clientStream?.setPeek(CLIENT_PEEK);
@@ -1056,30 +888,23 @@ export class ClientSession implements SessionHandle, PoolWaiter {
 
   // ---------------------------------------------------------------- forwarding
 
+  /** The one catch of the client's data path: a bug while handling this client's bytes ends this session only. */
   #onClientData = (chunk: Buffer): void => {
+    try {
+      this.#clientData(chunk);
+    } catch (e) {
+      this.#internalError(e as Error);
+    }
+  };
+
+  #clientData(chunk: Buffer): void {
     this.bytesIn += chunk.length;
     if (this.#traffic !== null) this.#traffic.received += chunk.length;
     this.#lastClientActivity = Date.now();
-    if (this.#server === null && this.#pool !== null && this.#state === STATE.Active) {
-      // Before the server is attached: it must be attached with the rewriter's inspect table.
-      if (this.#rwWanted && this.#rw === null) this.#rw = this.#makeRewriter();
-      // Transaction mode between transactions: a Terminate alone needs no server.
-      if (this.#held.length === 0 && chunk.length === 5 && chunk[0] === FE.Terminate) {
-        this.#close();
-        return;
-      }
-      // Hold what arrived; when no server is free at once, stop reading until one is lent.
-      this.#held.push(chunk);
-      if (this.#waitingFor === null) {
-        this.#waitingFor = 'txn';
-        this.#waitSince = performance.now();
-        const conn = this.#pool.acquire(this);
-        if (conn !== null) {
-          this.onServer(conn);
-          return;
-        }
-      }
-      this.#client.pause();
+    if (this.#state === STATE.Closed) return;
+    const link = this.#link;
+    if (link !== null && (this.#state === STATE.Active || this.#state === STATE.Connecting)) {
+      link.onClientChunk(chunk);
       return;
     }
     // Everything this chunk makes Postern send to the server leaves in one write.
@@ -1089,25 +914,28 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       return;
     }
     server.cork();
-    this.#clientStream?.push(chunk);
-    server.uncork();
-  };
+    try {
+      this.#clientStream?.push(chunk);
+    } finally {
+      server.uncork();
+    }
+  }
 
   #onClientDrain = (): void => {
-    this.#server?.resume();
+    if (this.#link !== null) this.#link.onClientDrain();
+    else this.#server?.resume();
   };
 
   #toServer(buf: Buffer, start: number, end: number): void {
     const server = this.#server;
     if (server === null) return;
-    this.#sentSinceReady = true;
     const ok = server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     if (!ok) this.#client.pause();
   }
 
   /** The session's logger, carrying the linked server connection's id too when there is one (made only when a line is logged). */
   #linkedLog(): Logger {
-    const server = this.#server;
+    const server = this.#link?.server ?? this.#server;
     return server === null ? this.log : this.log.child({ server: server.id });
   }
 
@@ -1118,11 +946,24 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#client.write(buf);
   }
 
-  #toClient(buf: Buffer, start: number, end: number): void {
+  /** Forwarded bytes to the client; false when its socket is full (the caller pauses the server). */
+  #toClient(buf: Buffer, start: number, end: number): boolean {
     this.bytesOut += end - start;
     if (this.#traffic !== null) this.#traffic.sent += end - start;
     const ok = this.#client.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
-    if (!ok) this.#server?.pause();
+    if (!ok && this.#link === null) this.#server?.pause();
+    return ok;
+  }
+
+  /** Around one server chunk: cork the client so what it makes Postern send leaves in one write; at the end, true when the socket still holds views of the chunk. */
+  #clientChunk(start: boolean): boolean {
+    const client = this.#client;
+    if (start) {
+      client.cork();
+      return false;
+    }
+    client.uncork();
+    return client.writableLength > 0;
   }
 
   #clientSink: FrameSink = {
@@ -1130,13 +971,16 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       if (this.#state === STATE.Active) this.#observeClient(type, buf, start, end);
     },
     onRun: (buf, start, end) => {
-      if (this.#state === STATE.Active && this.#rw !== null) this.#rw.onClientBytes(buf, start, end);
+      if (this.#state === STATE.Active && this.#link !== null) this.#link.onClientRun(buf, start, end);
       else if (this.#state === STATE.Active || this.#state === STATE.Relaying) this.#toServer(buf, start, end);
+    },
+    onCount: (type) => {
+      if (this.#state === STATE.Active) this.#link?.onClientCount(type);
     },
     onMessage: (type, buf, start, end) => {
       if (type === FE.Terminate) {
         // A pooled server outlives its client: the goodbye is not passed on.
-        if ((this.#state === STATE.Active || this.#state === STATE.Relaying) && this.#pool === null) this.#toServer(buf, start, end);
+        if ((this.#state === STATE.Active || this.#state === STATE.Relaying) && this.#link === null) this.#toServer(buf, start, end);
         this.#debug('client terminated');
         this.#clientStream?.kill();
         this.#close();
@@ -1155,17 +999,11 @@ export class ClientSession implements SessionHandle, PoolWaiter {
           this.#admin.onFrame(type, buf, start, end);
           return;
         }
-        if ((type === FE.Query || type === FE.Parse) && this.#pool !== null && this.#poolMode !== 'session')
-          this.#onStatementText(type, buf, start, end);
-        const rw = this.#rw;
-        if (rw !== null && PREPARED_CLIENT_INSPECT[type] === 1) {
-          try {
-            rw.onClientFrame(type, buf, start, end);
-          } catch (e) {
-            if (e instanceof ProtocolViolation) this.#fatal(SQLSTATE.ProtocolViolation, e.message);
-            else throw e;
-          }
-        } else this.#toServer(buf, start, end);
+        if (this.#link !== null) {
+          this.#link.onClientFrame(type, buf, start, end);
+          return;
+        }
+        this.#toServer(buf, start, end);
         if (CLIENT_PEEK[type] === 1) this.#observeClient(type, buf, start, end);
         return;
       }
@@ -1174,42 +1012,6 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     },
     onViolation: (kind, detail) => this.#clientViolation(kind, detail),
   };
-
-  /**
-   * Session features in a Query or Parse text (transaction/statement mode):
-   * settings carried, statements forgotten, or the client pinned to its
-   * server. Runs before the frame is passed on; cached by text.
-   */
-  #onStatementText(type: number, buf: Buffer, start: number, end: number): void {
-    let from = start + 5;
-    if (type === FE.Parse) {
-      const nameEnd = buf.indexOf(0, from);
-      if (nameEnd < 0 || nameEnd >= end) return;
-      from = nameEnd + 1;
-    }
-    const textEnd = buf.indexOf(0, from);
-    if (textEnd < 0 || textEnd >= end) return;
-    const scs = this.#server?.params.get('standard_conforming_strings') !== 'off';
-    const fx = sessionEffects(buf.toString('utf8', from, textEnd), scs);
-    const server = this.#server;
-    if (fx.resetAll) {
-      for (const k of this.#desiredSql.keys()) this.#desiredSql.set(k, 'DEFAULT');
-    }
-    for (const [k, v] of fx.sets) {
-      if (!GUC_NAME.test(k) || server?.params.has(k)) continue;
-      this.#desiredSql.set(k, v);
-      server?.appliedSql.set(k, v);
-    }
-    for (const name of fx.forget) {
-      this.#rw?.forgetClient(name);
-      if (name === null) server?.statements?.clear();
-    }
-    if (fx.pin !== null && this.pinned === null && this.#poolMode === 'transaction') {
-      this.pinned = fx.pin;
-      this.#ctx.count(this.#ctx.pins, fx.pin);
-      this.#linkedLog().info({ feature: fx.pin }, 'client pinned to its server connection for the rest of its session');
-    }
-  }
 
   #onRelayedPassword(buf: Buffer, start: number, end: number): void {
     if (this.#saslRequested && this.#server?.tls && saslGs2Flag(buf, start, end) === GS2_CLIENT_SUPPORTS_CB) {
@@ -1229,21 +1031,15 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     this.#toServer(buf, start, end);
   }
 
+  /** A relayed session's own server connection (pooled sessions: PooledLink). */
   #serverLink: ServerLink = {
     // What one server chunk makes Postern send to the client leaves in one write.
-    onServerChunk: (start) => {
-      const client = this.#client;
-      if (start) {
-        client.cork();
-        return false;
-      }
-      client.uncork();
-      // Anything still queued may be a view of the chunk's memory.
-      return client.writableLength > 0;
+    onServerChunk: (start) => this.#clientChunk(start),
+    onServerRun: (buf, start, end) => {
+      this.#toClient(buf, start, end);
     },
-    onServerRun: (buf, start, end) => this.#toClient(buf, start, end),
     onServerPeek: (type, buf, start, end) => {
-      if (this.#swallow === 0) this.#tracker?.onServerFrame(type, buf, start, end);
+      this.#tracker?.onServerFrame(type, buf, start, end);
     },
     onServerMessage: (type, buf, start, end) => {
       try {
@@ -1256,14 +1052,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     onServerViolation: (kind, detail) => this.#serverViolation(kind, detail),
     onServerClosed: () => this.#onServerClose(),
     onServerDrain: () => this.#client.resume(),
+    onServerError: (e) => {
+      this.#server = null;
+      this.#internalError(e);
+    },
   };
 
   #onServerMessage(type: number, buf: Buffer, start: number, end: number): void {
-    if (this.#state === STATE.Active || (this.#pool !== null && this.#swallow > 0)) {
-      if (this.#swallow > 0) {
-        this.#onSwallowed(type, buf, start, end);
-        return;
-      }
+    if (this.#state === STATE.Active) {
       // Frames the tracker peeks at elsewhere arrive here when they are inspected anyway.
       if (SERVER_PEEK[type] === 1) this.#tracker?.onServerFrame(type, buf, start, end);
       if (type === BE.ErrorResponse) {
@@ -1271,17 +1067,8 @@ export class ClientSession implements SessionHandle, PoolWaiter {
         if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
           this.#serverSaidFatal = true;
         this.#countError(e.code);
-      } else if (type === BE.ParameterStatus && this.#pool !== null) {
-        // The client changed a reported setting (SET TIME ZONE ...): it follows the client to the next server.
-        const [k, v] = decodeParameterStatus(buf, start, end);
-        this.#desired.set(k, v);
-        this.#server?.applied.delete(k);
-      } else if (type === BE.ReadyForQuery && this.#pool !== null) {
-        this.#onReadyForQuery(buf, start, end);
-        return;
       }
-      if (this.#rw !== null) this.#rw.onServerFrame(type, buf, start, end);
-      else this.#toClient(buf, start, end);
+      this.#toClient(buf, start, end);
       return;
     }
     if (!this.#sawFirstServerMessage) {
@@ -1351,73 +1138,6 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     }
   }
 
-  /** A response to one of Postern's own statements: never shown to the client. */
-  #onSwallowed(type: number, buf: Buffer, start: number, end: number): void {
-    if (type === BE.ParameterStatus) {
-      const [k, v] = decodeParameterStatus(buf, start, end);
-      // The server's spelling of the value (e.g. "ISO, MDY") is what the client now has.
-      if (this.#desired.has(k)) this.#desired.set(k, v);
-      return;
-    }
-    if (type === BE.ErrorResponse) {
-      const e = decodeNotice(buf, start, end);
-      this.#linkedLog().warn(
-        { code: e.code ?? null, detail: e.message ?? null },
-        'a setting could not be applied on the server connection',
-      );
-      return;
-    }
-    if (type !== BE.ReadyForQuery) return;
-    this.#swallow--;
-    if (this.#swallow > 0) return;
-    this.#server?.attach(this.#serverLink, this.#serverInspect(), SERVER_PEEK);
-    if (this.#releaseAfterSwallow) {
-      this.#releaseAfterSwallow = false;
-      // The client may already have sent its next statement to this server.
-      if (this.#clientSettled()) this.#releaseServer(true);
-    }
-  }
-
-  /** ReadyForQuery in a pooled session: forward it, and in transaction/statement mode give the server back when idle. */
-  #onReadyForQuery(buf: Buffer, start: number, end: number): void {
-    const status = buf[start + 5] as number;
-    this.#sentSinceReady = false;
-    const stream = this.#clientStream;
-    if (this.#poolMode === 'statement' && status !== 0x49 /* I */ && this.#server !== null) {
-      // A transaction block began: refused in statement mode. Roll it back
-      // quietly and answer the client with an error in its place.
-      this.#zSeen++;
-      this.#swallow++;
-      this.#releaseAfterSwallow = true;
-      this.#server.attach(this.#serverLink, SERVER_INSPECT_ALL);
-      this.#server.write(encodeQuery('ROLLBACK'));
-      this.#countError(SQLSTATE.FeatureNotSupported);
-      this.#send(
-        Buffer.concat([
-          encodeError({
-            severity: 'ERROR',
-            code: SQLSTATE.FeatureNotSupported,
-            message: 'transaction blocks are not allowed in statement pooling mode',
-            hint: 'Use pool_mode transaction (or session) for this database or user.',
-          }),
-          encodeReadyForQuery(0x49),
-        ]),
-      );
-      return;
-    }
-    this.#zSeen++;
-    const rw = this.#rw;
-    if (rw !== null) {
-      rw.onServerFrame(BE.ReadyForQuery, buf, start, end);
-      // The rewriter knows exactly what is still owed (it sees Syncs skipped in COPY, errors, held input).
-      if (status === 0x49 && this.pinned === null && rw.idle && !rw.holding && stream?.atBoundary) this.#releaseServer(true);
-      return;
-    }
-    this.#toClient(buf, start, end);
-    if (this.#poolMode === 'session' || stream === null) return;
-    if (status === 0x49 && this.pinned === null && this.#clientSettled()) this.#releaseServer(true);
-  }
-
   /** A client frame of a CLIENT_PEEK type, for statistics (after it went on, or while it does). */
   #observeClient(type: number, buf: Buffer, start: number, end: number): void {
     const t = this.#traffic;
@@ -1477,67 +1197,34 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   #serverViolation(kind: ViolationKind, detail: string): void {
     this.#ctx.count(this.#ctx.stats.violations, `server/${kind}`);
     this.#linkedLog().warn({ kind, detail, database: this.#database }, 'protocol violation by server');
-    // The client may have part of a message already; only a clean boundary allows an error frame.
+    // The violation is found at a frame boundary: the client's stream is between messages.
     this.#server?.destroy();
     this.#server = null;
-    this.#fatal(SQLSTATE.ProtocolViolation, 'server sent an invalid message');
+    this.#fatal(SQLSTATE.ProtocolViolation, `server sent an invalid message: ${detail}`);
   }
 
   // ---------------------------------------------------------------- cancel / shutdown
 
   cancel(): void {
-    const server = this.#server;
-    if (server === null || this.#state === STATE.Closed) return;
-    this.#sendCancel(server);
+    if (this.#state === STATE.Closed) return;
+    if (this.#link !== null) this.#link.cancel();
+    else this.#server?.sendCancel(this.#linkedLog());
   }
 
-  /** Delivers a CancelRequest for `server` with its own key; counted until delivered. */
-  #sendCancel(server: ServerConn): void {
-    const key = server.key;
-    if (key === null) return;
-    const t = server.target;
-    // Until the cancel is delivered this server must not serve anyone else.
-    server.cancelsInFlight++;
-    connectServer(t.host, t.port, t.tls, t.connectTimeout).then(
-      (c) => {
-        c.socket.on('error', () => {});
-        c.socket.on('close', () => {
-          server.cancelsInFlight--;
-        });
-        c.socket.end(encodeCancel(key.pid, key.key));
-        c.socket.resume();
-      },
-      (err: Error) => {
-        server.cancelsInFlight--;
-        this.#linkedLog().warn({ err: err.message }, 'cancel could not reach the server');
-      },
-    );
-  }
-
-  /** Janitor: client_idle_timeout (no transaction open) and idle_transaction_timeout (inside one). */
+  /** Janitor: coarse per-session deadlines (pooled sessions: client_idle_timeout, idle_transaction_timeout). */
   tick(now: number): void {
-    if (this.#state !== STATE.Active || this.#pool === null) return;
-    const cfg = this.#ctx.config.pool;
-    const idle = now - this.#lastClientActivity;
-    const server = this.#server;
-    const inTransaction = server !== null && server.txStatus !== 0x49 && this.#clientStream?.counted === this.#zSeen;
-    if (inTransaction && cfg.idle_transaction_timeout > 0 && idle > cfg.idle_transaction_timeout) {
-      this.#linkedLog().info({ idleMs: idle }, 'idle_transaction_timeout');
-      this.terminate(SQLSTATE.IdleInTransactionSessionTimeout, 'terminating connection due to idle-in-transaction timeout');
-    } else if (
-      !inTransaction &&
-      cfg.client_idle_timeout > 0 &&
-      idle > cfg.client_idle_timeout &&
-      this.#clientStream?.counted === this.#zSeen
-    ) {
-      this.#linkedLog().info({ idleMs: idle }, 'client_idle_timeout');
-      this.terminate(SQLSTATE.IdleSessionTimeout, 'terminating connection due to idle-session timeout');
+    if (this.#state !== STATE.Active || this.#link === null) return;
+    try {
+      this.#link.tick(now - this.#lastClientActivity);
+    } catch (e) {
+      this.#internalError(e as Error);
     }
   }
 
   terminate(code: string, message: string): void {
     if (this.#state === STATE.Closed) return;
-    if (this.#server === null || this.#server.atBoundary) this.#fatal(code, message);
+    const server = this.#link?.server ?? this.#server;
+    if (server === null || server.atBoundary) this.#fatal(code, message);
     else this.#close();
   }
 
@@ -1609,23 +1296,11 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     upgrading.delete(this.#raw);
     this.#ctx.unregister(this.#pid, this);
     const clientAtBoundary = this.#clientStream === null || this.#clientStream.atBoundary;
-    const rwIdle = this.#rw === null || this.#rw.idle;
+    // The link hands its server back (or to the pool's clean-up) while it can still tell where the client's stream stopped.
+    this.#link?.close();
     this.#clientStream?.kill();
     const server = this.#server;
-    if (this.#pool !== null) {
-      if (this.#waitingFor !== null) this.#pool.removeWaiter(this);
-      // Clean now: lend it on. Work in flight or a transaction open: cancel,
-      // drain and roll back first (Pool.reclaim). Pinned, or cut inside a
-      // message either way: close it.
-      const pending = this.#clientStream !== null ? this.#clientStream.counted - this.#zSeen : 0;
-      if (server !== null) {
-        const clean = !this.#sentSinceReady && server.txStatus === 0x49 && this.#swallow === 0 && rwIdle;
-        if (this.pinned !== null || !clientAtBoundary || !server.atBoundary) this.#releaseServer(false);
-        else if (clean) this.#releaseServer(true);
-        else this.#reclaimServer(server, pending);
-      }
-      this.#rw?.dispose();
-    } else if (server !== null) {
+    if (server !== null) {
       this.#server = null;
       // Terminate only between client messages: never inside one we were forwarding.
       server.close(clientAtBoundary);
@@ -1664,21 +1339,14 @@ export class ClientSession implements SessionHandle, PoolWaiter {
   }
 
   get applicationName(): string {
-    return this.#desired.get('application_name') ?? this.#params.get('application_name') ?? '';
+    return this.#link?.settings.reported.get('application_name') ?? this.#params.get('application_name') ?? '';
   }
 
   /** What SHOW CLIENTS, SHOW POOLS and metrics need to know about this client. */
   info(): ClientInfo {
+    const link = this.#link;
     const state =
-      this.#state === STATE.Active
-        ? this.#waitingFor !== null
-          ? 'waiting'
-          : 'active'
-        : this.#waitingFor !== null
-          ? 'waiting'
-          : this.#state === STATE.Closed
-            ? 'closed'
-            : 'login';
+      link?.waiting === true ? 'waiting' : this.#state === STATE.Active ? 'active' : this.#state === STATE.Closed ? 'closed' : 'login';
     return {
       id: this.id,
       state,
@@ -1690,17 +1358,17 @@ export class ClientSession implements SessionHandle, PoolWaiter {
       localPort: this.#raw.localPort ?? 0,
       connectTime: this.startedAt,
       requestTime: this.#requestAt,
-      waitingSince: this.#waitSince,
+      waitingSince: link?.waitSince ?? 0,
       pid: this.#pid,
       tls: this.#tls === null ? '' : `${this.#tls.version}/${this.#tls.cipher}`,
       applicationName: this.applicationName,
-      poolKey: this.#pool?.key ?? null,
+      poolKey: link?.pool.key ?? null,
       admin: this.#isAdmin,
-      pinned: this.pinned,
-      preparedStatements: this.#rw?.statementCount ?? 0,
+      pinned: link?.pinned ?? null,
+      preparedStatements: link?.preparedStatements ?? 0,
       outBuffered: this.#client.writableLength,
-      server: this.#server,
-      relayed: this.#pool === null && this.#server !== null,
+      server: link !== null ? link.server : this.#server,
+      relayed: link === null && this.#server !== null,
     };
   }
 
@@ -1721,6 +1389,6 @@ export class ClientSession implements SessionHandle, PoolWaiter {
     return this.#tls;
   }
   get serverTlsInfo(): { version: string; cipher: string } | null {
-    return this.#server?.tls ?? null;
+    return (this.#link?.server ?? this.#server)?.tls ?? null;
   }
 }

@@ -104,3 +104,29 @@ export function typeTable(codes: readonly number[]): Uint8Array {
 export const VALID_FRONTEND = typeTable(Object.values(FE));
 /** 1 for every message type a server may legally send. */
 export const VALID_BACKEND = typeTable(Object.values(BE));
+
+/** PostgreSQL's cap on messages it expects to be small (PQ_SMALL_MESSAGE_LIMIT). */
+export const SMALL_MESSAGE_LIMIT = 10_000;
+/** PostgreSQL's cap on an authentication message from a client (PG_MAX_AUTH_TOKEN_LENGTH). */
+export const MAX_AUTH_MESSAGE = 65_535;
+
+/**
+ * Length limits for client messages, by type, as PostgreSQL's SocketBackend
+ * applies them: before authentication every message is an authentication
+ * message (capped small, so an unauthenticated peer cannot make Postern
+ * buffer a gigabyte); afterwards Sync, Flush, Terminate and CopyDone have no
+ * body (exactly 4), Close, Describe, Execute and CopyFail are small, and
+ * Query, Parse, Bind, FunctionCall and CopyData may be up to maxMessage.
+ * https://www.postgresql.org/docs/current/protocol-message-formats.html
+ */
+export function frontendLimits(maxMessage: number, authenticated: boolean): { min: Int32Array; max: Int32Array } {
+  const min = new Int32Array(256).fill(4);
+  const max = new Int32Array(256).fill(authenticated ? Math.min(maxMessage, SMALL_MESSAGE_LIMIT) : Math.min(maxMessage, MAX_AUTH_MESSAGE));
+  if (authenticated) {
+    for (const t of [FE.Query, FE.Parse, FE.Bind, FE.FunctionCall, FE.CopyData]) max[t] = maxMessage;
+    for (const t of [FE.Sync, FE.Flush, FE.Terminate, FE.CopyDone]) max[t] = 4;
+    // A password message after login is not legal; relayed sessions leave it to the server.
+    max[FE.Password] = Math.min(maxMessage, MAX_AUTH_MESSAGE);
+  } else max[FE.Terminate] = 4;
+  return { min, max };
+}

@@ -56,13 +56,27 @@ export interface FrameSink {
   onPeek?(type: number, buf: Buffer, start: number, end: number): void;
   /** The peer broke framing; the stream ignores all further input. */
   onViolation(kind: ViolationKind, detail: string): void;
+  /** A frame of a counted type (see setCount): its header just went by; its bytes are forwarded or inspected as usual. */
+  onCount?(type: number): void;
+}
+
+/** Per message type: the smallest and largest length field accepted (both Int32Array(256)). */
+export interface FrameLimits {
+  readonly min: Int32Array;
+  readonly max: Int32Array;
+}
+
+/** Every type: length 4 (the length itself) up to `max`. */
+export function uniformLimits(max: number): FrameLimits {
+  return { min: new Int32Array(256).fill(4), max: new Int32Array(256).fill(max) };
 }
 
 export class MessageStream {
   #sink: FrameSink;
   #valid: Uint8Array;
   #inspect: Uint8Array;
-  #max: number;
+  #min: Int32Array;
+  #max: Int32Array;
   /** Bytes of an uninspected frame still to pass through. */
   #pass = 0;
   /** A header split across chunks (made the first time one is: idle connections hold none). */
@@ -89,13 +103,22 @@ export class MessageStream {
   /**
    * @param valid 256-entry table: 1 for legal type bytes
    * @param inspect 256-entry table: 1 for types the sink wants whole
-   * @param maxMessage cap on a message's length field
+   * @param limits cap on a message's length field, one for all types or per type
    */
-  constructor(sink: FrameSink, valid: Uint8Array, inspect: Uint8Array, maxMessage: number) {
+  constructor(sink: FrameSink, valid: Uint8Array, inspect: Uint8Array, limits: number | FrameLimits) {
     this.#sink = sink;
     this.#valid = valid;
     this.#inspect = inspect;
-    this.#max = maxMessage;
+    const l = typeof limits === 'number' ? uniformLimits(limits) : limits;
+    this.#min = l.min;
+    this.#max = l.max;
+  }
+
+  /** Swap the length limits (a session passing authentication) and the legal types, from the next header on. */
+  setLimits(limits: FrameLimits, valid?: Uint8Array): void {
+    this.#min = limits.min;
+    this.#max = limits.max;
+    if (valid !== undefined) this.#valid = valid;
   }
 
   /** Count frames of the types marked in `table` (null: stop counting) into `counted`, at their header. */
@@ -108,6 +131,7 @@ export class MessageStream {
     if ((this.#count as Uint8Array)[type] === 1) {
       this.counted++;
       this.framesAtLastCounted = this.frames;
+      this.#sink.onCount?.(type);
     }
   }
 
@@ -241,7 +265,7 @@ export class MessageStream {
       }
       const type = chunk[off] as number;
       const len = chunk.readInt32BE(off + 1);
-      if (valid[type] !== 1 || len < 4 || len > this.#max) {
+      if (valid[type] !== 1 || len < (this.#min[type] as number) || len > (this.#max[type] as number)) {
         if (off > runStart) this.#sink.onRun(chunk, runStart, off);
         this.#check(type, len);
         return;
@@ -297,12 +321,16 @@ export class MessageStream {
       this.#fail(VIOLATION.BadType, `invalid message type ${type}`);
       return -1;
     }
-    if (len < 4) {
+    if (len < (this.#min[type] as number)) {
       this.#fail(VIOLATION.BadLength, `invalid message length ${len}`);
       return -1;
     }
-    if (len > this.#max) {
-      this.#fail(VIOLATION.TooLarge, `message length ${len} exceeds the limit of ${this.#max}`);
+    const max = this.#max[type] as number;
+    if (len > max) {
+      this.#fail(
+        VIOLATION.TooLarge,
+        max === (this.#min[type] as number) ? `invalid message length ${len}` : `message length ${len} exceeds the limit of ${max}`,
+      );
       return -1;
     }
     return len + 1;
