@@ -170,6 +170,10 @@ class SettingsBatch implements LedgerOwner {
   readonly values = new Map<string, string | null>();
   /** Names whose set_config or current_setting failed. */
   readonly failedNames = new Set<string>();
+  /** What the connection's record said of each unreported name before this batch (restored when the server refused the change). */
+  readonly before = new Map<string, string | undefined>();
+  /** Names this batch resets (NULL value). */
+  readonly resets = new Set<string>();
   readonly #latin1: boolean;
 
   constructor(link: PooledLink, conn: ServerConn, kind: BatchKind) {
@@ -184,8 +188,10 @@ class SettingsBatch implements LedgerOwner {
     if (type === BE.DataRow && key !== null) this.values.set(key, firstColumn(buf, start, end, this.#latin1));
     else if (type === BE.ErrorResponse) {
       const e = decodeNotice(buf, start, end);
-      this.error ??= e;
-      if (key !== null) this.failedNames.add(key);
+      // Resetting a setting the server does not know: there is nothing to reset.
+      const nothingToReset = key !== null && this.resets.has(key) && e.code === '42704';
+      if (!nothingToReset) this.error ??= e;
+      if (key !== null && !nothingToReset) this.failedNames.add(key);
       if (e.severityV === 'FATAL' || e.severity === 'FATAL' || e.severityV === 'PANIC') this.#link.serverFatal(buf, start, end);
     }
   }
@@ -194,17 +200,26 @@ class SettingsBatch implements LedgerOwner {
     const key = ledger.strAt(at);
     const kind = ledger.kindAt(at);
     if (kind === REQ.Execute && key !== null) {
-      if (!ok) this.failedNames.add(key);
-      this.#record(key, ok ? (this.values.get(key) ?? null) : undefined);
+      if (ok || !this.failedNames.has(key)) this.#record(key, ok ? (this.values.get(key) ?? null) : null);
+      else this.#restore(key);
     } else if (kind === REQ.Sync && --this.pending === 0) this.#link.batchDone(this);
+  }
+
+  /** The server refused the change: the setting is what it was. */
+  #restore(key: string): void {
+    if (this.#link.isReported(key) || !this.before.has(key)) return;
+    const prev = this.before.get(key);
+    if (prev === undefined) this.conn.custom.delete(key);
+    else this.conn.custom.set(key, prev);
   }
 
   dropped(ledger: Ledger, at: number): void {
     const key = ledger.strAt(at);
     const kind = ledger.kindAt(at);
     if (kind === REQ.Execute && key !== null) {
+      // Skipped by the server: nothing changed.
       this.failedNames.add(key);
-      this.#record(key, undefined);
+      this.#restore(key);
     } else if (kind === REQ.Sync && --this.pending === 0) this.#link.batchDone(this);
   }
 
@@ -453,7 +468,11 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     ledger.push(REQ.Parse, WHO.Postern, batch);
     for (const [key, value] of changes) {
       // Recorded as unknown until the server answers (a client that leaves meanwhile leaves it to be reset).
-      if (!this.isReported(key)) conn.custom.set(key, UNKNOWN_VALUE);
+      if (!this.isReported(key)) {
+        if (!batch.before.has(key)) batch.before.set(key, conn.custom.get(key));
+        conn.custom.set(key, UNKNOWN_VALUE);
+      }
+      if (value === null) batch.resets.add(key);
       out.push(bindParams(key, value), EXECUTE_UNNAMED, SYNC);
       ledger.push(REQ.Bind, WHO.Postern, batch, 0, 0, null, key);
       ledger.push(REQ.Execute, WHO.Postern, batch, 0, 0, null, key);

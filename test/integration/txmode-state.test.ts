@@ -1,0 +1,336 @@
+// Transaction mode never leaks one client's session state to the next client
+// of the same server connection (issue 11). A pool of one server connection
+// makes every client share it, so each test forces the connection to change
+// hands between the statements it checks; a second Postern with two
+// connections checks settings that follow a client to another connection.
+//
+// Each test states the PostgreSQL behaviour it expects (what a client
+// connected directly would see).
+
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import postgres from 'postgres';
+import { type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
+import { pgEnv, type RunningPostern, run, startPostern } from '../helpers/postern.ts';
+import { errorFields, startupMessage, Wire } from '../helpers/wire.ts';
+
+const PW = 'txs-pw';
+let dir: string;
+let cluster: PgCluster;
+/** One server connection: every client shares it. */
+let one: RunningPostern;
+/** Two server connections. */
+let two: RunningPostern;
+
+function client(port: number, extra: Partial<pg.ClientConfig> = {}): pg.Client {
+  return new pg.Client({ host: '127.0.0.1', port, user: 'app', database: 'appdb', ...extra });
+}
+
+async function connected(port: number, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = client(port, extra);
+  await c.connect();
+  return c;
+}
+
+async function value(c: pg.Client, sql: string): Promise<unknown> {
+  const r = await c.query(sql);
+  return r.rows[0] === undefined ? undefined : Object.values(r.rows[0])[0];
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'postern-txs-'));
+  cluster = await startPostgres({ users: [{ name: 'app', password: PW }], databases: [{ name: 'appdb', owner: 'app' }] });
+  await cluster.psql('create table t (id serial primary key, v text); create sequence s; create table typed (x int)', {
+    db: 'appdb',
+    user: 'app',
+    password: PW,
+  });
+  writeFileSync(join(dir, 'hba.conf'), 'host all all 127.0.0.1/32 trust\n');
+  const config = (size: number) => ({
+    tls: { mode: 'disable' },
+    auth: { hba_file: join(dir, 'hba.conf') },
+    pool: { pool_mode: 'transaction', default_pool_size: size },
+    databases: { appdb: { host: cluster.host, port: cluster.port, server_password: PW, tls: { mode: 'disable' } } },
+    log: { level: 'info' },
+  });
+  one = await startPostern(config(1));
+  two = await startPostern(config(2));
+});
+
+after(async () => {
+  await one?.close();
+  await two?.close();
+  await cluster?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('reported settings set with SET', () => {
+  test('a client that leaves does not pass default_transaction_read_only, standard_conforming_strings or application_name on', async () => {
+    const a = await connected(one.port);
+    const pidA = await value(a, 'select pg_backend_pid()');
+    await a.query('set default_transaction_read_only = on');
+    await a.query('set standard_conforming_strings = off');
+    await a.query(`set application_name = 'leaker'`);
+    await a.end();
+    const b = await connected(one.port);
+    assert.equal(await value(b, 'select pg_backend_pid()'), pidA, 'the same server connection');
+    assert.equal(await value(b, 'show default_transaction_read_only'), 'off');
+    assert.equal(await value(b, 'show standard_conforming_strings'), 'on');
+    // A literal with a backslash means what it says with standard_conforming_strings on.
+    assert.equal(await value(b, String.raw`select length('a\\b')`), 4);
+    assert.equal(await value(b, 'show application_name'), '');
+    await b.query(`insert into t (v) values ('written')`);
+    await b.end();
+  });
+
+  test('a client that sends no application_name sees an empty one, here and in pg_stat_activity', async () => {
+    const c = await connected(one.port);
+    assert.equal(await value(c, 'show application_name'), '');
+    assert.equal(await value(c, 'select application_name from pg_stat_activity where pid = pg_backend_pid()'), '');
+    await c.end();
+  });
+
+  test('a client that asked for application_name keeps it on every server connection', async () => {
+    const c = await connected(two.port, { application_name: 'mine' });
+    const other = await connected(two.port, { application_name: 'other' });
+    const pids = new Set<unknown>();
+    for (let i = 0; i < 20; i++) {
+      const [r] = await Promise.all([
+        c.query('select current_setting($1) as v, pg_backend_pid() as p', ['application_name']),
+        other.query('select 1'),
+      ]);
+      assert.equal(r.rows[0].v, 'mine');
+      pids.add(r.rows[0].p);
+    }
+    assert.equal(pids.size >= 1, true);
+    await c.end();
+    await other.end();
+  });
+});
+
+describe('setting names are case-insensitive', () => {
+  test('datestyle asked at startup in lower case survives another client setting DateStyle', async () => {
+    const a = await connected(one.port, { options: '-c datestyle=Postgres,MDY -c intervalstyle=postgres_verbose' });
+    assert.equal(await value(a, 'show datestyle'), 'Postgres, MDY');
+    const b = await connected(one.port);
+    await b.query('SET DateStyle TO ISO');
+    await b.query('SET IntervalStyle TO iso_8601');
+    assert.equal(await value(b, 'show datestyle'), 'ISO, MDY');
+    assert.equal(await value(a, 'show DateStyle'), 'Postgres, MDY');
+    assert.equal(await value(a, 'show intervalstyle'), 'postgres_verbose');
+    assert.equal(await value(a, `select '2024-01-02'::date::text`), '01-02-2024');
+    await a.end();
+    await b.end();
+    // psql with PGDATESTYLE: libpq sends "datestyle" in the startup packet.
+    const r = await run(
+      'psql',
+      ['-X', '-A', '-t', '-h', '127.0.0.1', '-p', String(one.port), '-U', 'app', '-d', 'appdb', '-c', `select '2024-01-02'::date`],
+      {
+        env: pgEnv({ PGDATESTYLE: 'German' }),
+      },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), '02.01.2024');
+  });
+});
+
+describe('a SET that did not commit is not carried', () => {
+  test('ROLLBACK, ROLLBACK TO SAVEPOINT, a failed SET and SET LOCAL leave the setting as it was; a committed one is carried', async () => {
+    const a = await connected(one.port);
+    const b = await connected(one.port);
+    const defaultWorkMem = await value(b, 'show work_mem');
+    await a.query('begin');
+    await a.query(`set work_mem = '77kB'`);
+    await a.query('rollback');
+    await b.query('select 1'); // the connection passes to b and back
+    assert.equal(await value(a, 'show work_mem'), defaultWorkMem);
+
+    await a.query('begin');
+    await a.query('savepoint s1');
+    await a.query(`set work_mem = '78kB'`);
+    await a.query('rollback to savepoint s1');
+    await a.query('commit');
+    await b.query('select 1');
+    assert.equal(await value(a, 'show work_mem'), defaultWorkMem);
+
+    await a.query('begin');
+    await assert.rejects(a.query(`set work_mem = 'lots'`), (e: Error & { code?: string }) => e.code === '22023');
+    await a.query('rollback');
+    await b.query('select 1');
+    assert.equal(await value(a, 'show work_mem'), defaultWorkMem);
+
+    await a.query('begin');
+    await a.query(`set local work_mem = '79kB'`);
+    assert.equal(await value(a, 'show work_mem'), '79kB');
+    await a.query('commit');
+    await b.query('select 1');
+    assert.equal(await value(a, 'show work_mem'), defaultWorkMem);
+
+    await a.query('begin');
+    await a.query(`set work_mem = '80kB'`);
+    await a.query('commit');
+    assert.equal(await value(b, 'show work_mem'), defaultWorkMem, 'not seen by the next client');
+    assert.equal(await value(a, 'show work_mem'), '80kB', 'carried to its next transaction');
+    await a.query('reset work_mem');
+    await b.query('select 1');
+    assert.equal(await value(a, 'show work_mem'), defaultWorkMem);
+    await a.end();
+    await b.end();
+  });
+});
+
+describe('startup settings', () => {
+  test('custom settings with a dot, through options and as startup parameters, reach every server connection', async () => {
+    const a = await connected(one.port, { options: '-c app.user=alice' });
+    const b = await connected(one.port);
+    assert.equal(await value(a, `select current_setting('app.user')`), 'alice');
+    // Never another client's value. A placeholder that was RESET reads '' (PostgreSQL keeps it defined once
+    // a session set it); only a brand-new session reads NULL (docs/transaction-mode.md).
+    const seen = await value(b, `select current_setting('app.user', true)`);
+    assert.ok(seen === null || seen === '', String(seen));
+    assert.equal(await value(a, `select current_setting('app.user')`), 'alice');
+    await a.end();
+    await b.end();
+    const w = await Wire.connect(one.port);
+    w.write(startupMessage({ user: 'app', database: 'appdb', 'some.var': 'yay' }));
+    const login = await w.readUntil('Z');
+    assert.ok(login.some((m) => m.type === 'R'));
+    w.write(Buffer.concat([simpleQuery("select current_setting('some.var')")]));
+    const rows = await w.readUntil('Z');
+    const dataRow = rows.find((m) => m.type === 'D');
+    assert.ok(dataRow !== undefined);
+    assert.match(dataRow.body.toString('latin1'), /yay/);
+    w.close();
+  });
+
+  test('an unknown or invalid startup setting is refused with the server error, as PostgreSQL refuses it at login', async () => {
+    const bad = client(one.port, { options: '-c no_such_setting=1' });
+    await assert.rejects(bad.connect(), (e: Error & { code?: string }) => e.code === '42704' && /no_such_setting/.test(e.message));
+    const invalid = client(one.port, { options: '-c work_mem=lots' });
+    await assert.rejects(invalid.connect(), (e: Error & { code?: string }) => e.code === '22023');
+    const fine = await connected(one.port, { options: '-c work_mem=5MB' });
+    assert.equal(await value(fine, 'show work_mem'), '5MB');
+    await fine.end();
+  });
+
+  test('settings are set as values, never as SQL: a quote in application_name with standard_conforming_strings off runs nothing', async () => {
+    const evil = String.raw`\'; CREATE TABLE public.injected(who text); --`;
+    const c = await connected(one.port, { application_name: evil, options: '-c standard_conforming_strings=off' });
+    assert.equal(await value(c, 'show application_name'), evil);
+    const other = await connected(one.port);
+    await other.query('select 1');
+    assert.equal(await value(c, 'show application_name'), evil);
+    assert.equal(await value(other, `select to_regclass('public.injected') is null`), true);
+    await c.end();
+    await other.end();
+  });
+});
+
+describe('per-session state of other kinds', () => {
+  test('currval and lastval never show another client its value (55000, as PostgreSQL)', async () => {
+    const a = await connected(one.port);
+    assert.equal(Number(await value(a, `select nextval('s')`)) > 0, true);
+    await a.query(`insert into t (v) values ('x')`);
+    await a.end();
+    const b = await connected(one.port);
+    await assert.rejects(b.query(`select currval('s')`), (e: Error & { code?: string }) => e.code === '55000');
+    await assert.rejects(b.query('select lastval()'), (e: Error & { code?: string }) => e.code === '55000');
+    await assert.rejects(b.query(`select currval('t_id_seq')`), (e: Error & { code?: string }) => e.code === '55000');
+    // Within one transaction currval is the client's own.
+    await b.query('begin');
+    const n = await value(b, `select nextval('s')`);
+    assert.equal(await value(b, `select currval('s')`), n);
+    await b.query('commit');
+    await b.end();
+  });
+
+  test('a replication startup is refused in a pooled mode, naming the setting', async () => {
+    const w = await Wire.connect(one.port);
+    w.write(startupMessage({ user: 'app', database: 'appdb', replication: 'database' }));
+    const msgs = await w.readUntil('E');
+    const e = errorFields(msgs.at(-1) as never);
+    assert.equal(e.code, '0A000');
+    assert.match(e.message ?? '', /replication/);
+    w.close();
+  });
+});
+
+describe('server-side prepared statements shared by text', () => {
+  test('after DDL through Postern, a client that never prepared the statement gets the new result type', async () => {
+    const a = await connected(one.port);
+    await a.query({ name: 'q_typed', text: 'select x from typed' });
+    await a.query('alter table typed alter column x type text');
+    const b = await connected(one.port);
+    const r = await b.query({ name: 'q_b', text: 'select x from typed' });
+    assert.deepEqual(r.rows, []);
+    await a.end();
+    await b.end();
+  });
+
+  test('after DDL elsewhere, the stale plan is retired: a driver re-preparing under a new name succeeds', async () => {
+    await cluster.psql('create table typed2 (x int); insert into typed2 values (1)', { db: 'appdb', user: 'app', password: PW });
+    const a = await connected(one.port);
+    assert.equal((await a.query({ name: 'q2', text: 'select x from typed2' })).rows[0].x, 1);
+    await cluster.psql('alter table typed2 alter column x type text', { db: 'appdb', user: 'app', password: PW });
+    const b = await connected(one.port);
+    const first = await b.query({ name: 'q2b', text: 'select x from typed2' }).then(
+      (r) => r.rows[0].x,
+      (e: Error & { code?: string }) => e.code,
+    );
+    // PostgreSQL answers 0A000 to a client whose plan predates the change; Postern may answer it once for a shared plan.
+    assert.ok(first === '1' || first === '0A000', String(first));
+    const again = await b.query({ name: 'q2c', text: 'select x from typed2' });
+    assert.equal(again.rows[0].x, '1');
+    // postgres.js recovers from 0A000 on its own.
+    const sql = postgres({ host: '127.0.0.1', port: one.port, user: 'app', database: 'appdb', max: 1 });
+    const [row] = await sql`select x from typed2`;
+    assert.equal(row?.x, '1');
+    await sql.end();
+    await a.end();
+    await b.end();
+  });
+});
+
+describe('prepares never deadlock a small pool', () => {
+  test('pgbench TPC-B -M prepared, 10 and 50 clients on 2 threads over a pool of 3', async () => {
+    const p = await startPostern({
+      tls: { mode: 'disable' },
+      auth: { hba_file: join(dir, 'hba.conf') },
+      pool: { pool_mode: 'transaction', default_pool_size: 3, query_wait_timeout: '20s' },
+      databases: { appdb: { host: cluster.host, port: cluster.port, server_password: PW, tls: { mode: 'disable' } } },
+      log: { level: 'warn' },
+    });
+    try {
+      const init = await run('pgbench', ['-i', '-s', '1', '-q', '-h', cluster.host, '-p', String(cluster.port), '-U', 'app', 'appdb'], {
+        env: pgEnv({ PGPASSWORD: PW }),
+      });
+      assert.equal(init.code, 0, init.stderr);
+      for (const c of ['10', '50']) {
+        const r = await run(
+          'pgbench',
+          ['-n', '-c', c, '-j', '2', '-T', '3', '-M', 'prepared', '-h', '127.0.0.1', '-p', String(p.port), '-U', 'app', 'appdb'],
+          { env: pgEnv(), timeoutMs: 60_000 },
+        );
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /number of failed transactions: 0/);
+        const done = Number(/number of transactions actually processed: (\d+)/.exec(r.stdout)?.[1]);
+        assert.ok(done > 0, r.stdout);
+      }
+    } finally {
+      await p.close();
+    }
+  });
+});
+
+function simpleQuery(sql: string): Buffer {
+  const body = Buffer.concat([Buffer.from(sql, 'utf8'), Buffer.from([0])]);
+  const out = Buffer.alloc(5 + body.length);
+  out[0] = 0x51;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
