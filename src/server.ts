@@ -250,7 +250,7 @@ export class Postern {
     obj[parts[parts.length - 1] as string] = parsed.data;
     this.#apply(config);
     // The value is not logged: the settings table decides what is secret.
-    this.log.info({ key, secret: row.secret === true }, 'setting changed from the admin console');
+    this.log.info({ setting: key, isSecret: row.secret === true }, 'setting changed from the admin console');
     return [];
   }
 

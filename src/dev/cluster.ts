@@ -30,6 +30,8 @@ export interface PgCluster {
   psql(sql: string, opts?: PsqlOptions): Promise<string>;
   /** Fast shutdown, then removes the temp dir. Idempotent and never throws. */
   stop(): Promise<void>;
+  /** Fast shutdown and start again on the same port and data (as `pg_ctl restart -m fast`); resolves once it accepts connections. */
+  restart(): Promise<void>;
 }
 
 export interface PsqlOptions {
@@ -243,10 +245,14 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
       live.add(entry);
       // A short connect timeout: the probe must not hang on a port that a
       // stranger holds; the loop retries anyway.
+      // A refused password also proves the server is up (a restart finds the final pg_hba.conf in force).
       const probe = () =>
         run(psqlBin, ['-X', '-A', '-t', '-w', '-c', 'select 1'], {
           env: env({ PGPASSWORD: '', PGCONNECT_TIMEOUT: '2' }),
           timeoutMs: 5_000,
+        }).catch((e: Error) => {
+          if (/password/i.test(e.message)) return '';
+          throw e;
         });
       await waitReady(probe, childExit, logPath);
     };
@@ -326,6 +332,13 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
         return psqlRaw(['-c', text], { PGUSER: user, PGDATABASE: o.db ?? 'postgres', PGPASSWORD: password ?? '' });
       },
       stop,
+      async restart() {
+        if (child && child.exitCode === null && child.signalCode === null) {
+          child.kill('SIGINT');
+          await childExit;
+        }
+        await launch();
+      },
     };
   } catch (err) {
     await stop();

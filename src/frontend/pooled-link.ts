@@ -586,7 +586,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
         return;
       }
       // Between transactions a Terminate alone needs no server.
-      if (this.#held.length === 0 && chunk.length === 5 && chunk[0] === FE.Terminate) {
+      if (this.#held.length === 0 && chunk.length === 5 && chunk[0] === FE.Terminate && chunk.readInt32BE(1) === 4) {
         this.#shell.close();
         return;
       }
