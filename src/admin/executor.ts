@@ -163,8 +163,6 @@ function serverState(s: Snapshot['servers'][number], checkDelay: number, now: nu
       return checkDelay >= 0 && now - s.request_time > checkDelay ? 'used' : 'idle';
     case 'active':
       return 'active';
-    case 'used':
-      return 'tested';
     default:
       return s.state;
   }
