@@ -279,6 +279,12 @@ JSON
     npm install --prefix "$deps" --legacy-peer-deps --no-audit --no-fund --ignore-scripts --no-package-lock --loglevel=error </dev/null
     touch "$deps/.postern-ok"
   fi
+  # Node resolves a require() by walking up from the requiring file, so a
+  # node_modules at the source's root wins over whatever lies further up
+  # (this repository's own node_modules, when the cache is inside it).
+  if [ ! -e "$np_src/node_modules" ] || [ -L "$np_src/node_modules" ]; then
+    ln -sfn "$deps/node_modules" "$np_src/node_modules"
+  fi
   echo "installed: $deps/node_modules"
 else
   echo "fetch-sources: WARNING: $np_reason" >&2

@@ -101,7 +101,6 @@ async function runMode(mode, o, sources, outRoot, kit) {
         dir,
         mode,
         cluster,
-        passwords,
         verifiers,
         // template1: node-postgres's gh-issues/130 runs psql there.
         databases: ['postgres', 'regression', 'template1', PG_TEST_DB],
@@ -205,7 +204,7 @@ async function main() {
   const { table, notes, details } = report(rows);
   const summary = rows.map(({ results, expected, ...r }) => ({
     ...r,
-    failures: results?.filter((x) => !x.ok).map((x) => ({ name: x.name, reason: expected.get(x.name) ?? null })),
+    failures: results?.filter((x) => !x.ok).map((x) => ({ name: x.name, reason: expected.get(x.name)?.reason ?? null })),
   }));
   await writeFile(join(outRoot, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
   console.log(`\n${table}\n`);

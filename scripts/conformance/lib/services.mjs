@@ -53,8 +53,12 @@ export async function startCluster(root, databases) {
       `SET password_encryption = 'md5'; CREATE ROLE ${PG_TEST_USER} LOGIN SUPERUSER PASSWORD '${passwords[PG_TEST_USER]}'; ` +
         `SET password_encryption = 'scram-sha-256'; CREATE ROLE ${SCRAM_TEST_USER} LOGIN PASSWORD '${passwords[SCRAM_TEST_USER]}'`,
     );
-    const verifier = await cluster.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${SCRAM_TEST_USER}'`);
-    return { cluster, passwords, verifiers: { [SCRAM_TEST_USER]: verifier } };
+    const secret = (role) => cluster.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${role}'`);
+    return {
+      cluster,
+      passwords,
+      verifiers: { [SCRAM_TEST_USER]: await secret(SCRAM_TEST_USER), [PG_TEST_USER]: await secret(PG_TEST_USER) },
+    };
   } catch (err) {
     await cluster.stop();
     throw err;
@@ -77,14 +81,15 @@ export function serverIdentity() {
  * Starts the built CLI in front of `cluster` for `databases`:
  *   session:     no hba file, so every client is relayed (passthrough) and
  *                keeps its own server connection, logged in by the server;
- *   transaction: Postern authenticates (SCRAM with the server's own verifier
- *                for SCRAM_TEST_USER, then logging in by SCRAM passthrough;
- *                trust for the rest, which Postern logs into the server as
- *                themselves with the passwords held in the config),
+ *   transaction: Postern authenticates with the server's own secrets in a
+ *                users file (SCRAM for SCRAM_TEST_USER, then SCRAM passthrough
+ *                to the server; MD5 for PG_TEST_USER, answered to the server
+ *                with the stored hash), and trust for the superuser, which
+ *                Postern logs into the server with the password in the config,
  *                pool_mode transaction, `poolSize` per pool.
  * Resolves once the port accepts connections. stop() ends it (SIGTERM, then SIGKILL).
  */
-export async function startPostern({ root, dir, mode, cluster, passwords, verifiers, databases, poolSize, port }) {
+export async function startPostern({ root, dir, mode, cluster, verifiers, databases, poolSize, port }) {
   const dbs = {};
   for (const name of databases) {
     dbs[name] = { host: cluster.host, port: cluster.port, tls: { mode: 'disable' } };
@@ -101,14 +106,15 @@ export async function startPostern({ root, dir, mode, cluster, passwords, verifi
   };
   if (mode === 'transaction') {
     const hba = join(dir, 'hba.conf');
-    await writeFile(hba, `host all ${SCRAM_TEST_USER} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n`);
+    await writeFile(
+      hba,
+      `host all ${SCRAM_TEST_USER} 127.0.0.1/32 scram-sha-256\nhost all ${PG_TEST_USER} 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 trust\n`,
+    );
     const usersFile = join(dir, 'users.txt');
-    await writeFile(usersFile, `"${SCRAM_TEST_USER}" "${verifiers[SCRAM_TEST_USER]}"\n`, { mode: 0o600 });
+    const users = [SCRAM_TEST_USER, PG_TEST_USER].map((u) => `"${u}" "${verifiers[u]}"\n`).join('');
+    await writeFile(usersFile, users, { mode: 0o600 });
     config.auth = { hba_file: hba, users_file: usersFile };
-    config.users = {
-      [cluster.superuser]: { server_user: cluster.superuser, server_password: cluster.superuserPassword },
-      [PG_TEST_USER]: { server_user: PG_TEST_USER, server_password: passwords[PG_TEST_USER] },
-    };
+    config.users = { [cluster.superuser]: { server_user: cluster.superuser, server_password: cluster.superuserPassword } };
   }
   const { stringify } = await import('yaml');
   const configPath = join(dir, 'postern.yaml');
