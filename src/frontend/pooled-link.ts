@@ -259,6 +259,10 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
   /** Unreported settings a session-level SET or RESET changed in the current transaction: read back when it ends. */
   #readBack: Set<string> | null = null;
   #readBackAll = false;
+  /** Reported startup settings a RESET in the current transaction may have sent to the pool's login default. */
+  #resetStartup: Set<string> | null = null;
+  /** The startup settings as the server spelled them (what RESET gives back in a direct session). */
+  #startupValues = new Map<string, string>();
   /** The server answered a FATAL: its closing is expected. */
   #serverSaidFatal = false;
   /** The linked server's statement prepares when it was lent (server parse counting). */
@@ -312,6 +316,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
       const value = canonical.get(key) ?? v;
       if (READ_ONLY_REPORTED.has(key)) continue;
       this.settings.set(key, value, this.isReported(key));
+      this.#startupValues.set(key, value);
     }
   }
 
@@ -733,9 +738,15 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     if (DDL_WORDS.test(text)) this.#ctx.statements.retireAll();
     const fx = sessionEffects(text, scs);
     if (fx === null) return;
-    for (const [name] of fx.sets) {
+    for (const [name, v] of fx.sets) {
       const key = gucKey(name);
-      if (this.isReported(key)) continue;
+      if (this.isReported(key)) {
+        if (v === 'DEFAULT' && this.#startupValues.has(key)) {
+          this.#resetStartup ??= new Set();
+          this.#resetStartup.add(key);
+        }
+        continue;
+      }
       this.#readBack ??= new Set();
       this.#readBack.add(key);
       // Until read back, what it is on this connection is not known.
@@ -743,6 +754,11 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     }
     if (fx.resetAll) {
       this.#readBackAll = true;
+      for (const key of this.#startupValues.keys()) {
+        if (!this.isReported(key)) continue;
+        this.#resetStartup ??= new Set();
+        this.#resetStartup.add(key);
+      }
       if (server !== null) for (const k of server.custom.keys()) server.custom.set(k, UNKNOWN_VALUE);
     }
     for (const name of fx.forget) {
@@ -904,6 +920,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     const ledger = conn.ledger;
     if (!ledger.idle || ledger.txStatus !== TX.Idle || !this.#greeted) return;
     if (this.#rw !== null && !this.#rw.idle) return;
+    if (this.#resetStartup !== null && this.#restoreStartup(conn)) return;
     if ((this.#readBack !== null || this.#readBackAll) && this.pinned === null) {
       this.#pushReadBack(conn);
       return;
@@ -911,6 +928,29 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     if (this.mode === 'session' || this.pinned !== null) return;
     if (!this.#shell.stream.atBoundary) return;
     this.#release(true);
+  }
+
+  /**
+   * RESET of a setting the client gave at startup: a direct session resets
+   * it to the startup value, a pooled connection to the pool's login
+   * default. When the transaction ended with that default in force (a
+   * rollback that undid the RESET leaves another value), the startup value
+   * is set again. Returns true when a batch was sent.
+   */
+  #restoreStartup(conn: ServerConn): boolean {
+    const keys = this.#resetStartup as Set<string>;
+    this.#resetStartup = null;
+    const defaults = new Map<string, string>();
+    for (const [name, v] of this.pool.welcome ?? []) defaults.set(gucKey(name), v);
+    const changes: Array<readonly [string, string]> = [];
+    for (const key of keys) {
+      const want = this.#startupValues.get(key);
+      const now = this.settings.reported.get(key);
+      if (want !== undefined && now !== want && now === defaults.get(key)) changes.push([key, want]);
+    }
+    if (changes.length === 0) return false;
+    this.#setConfig(conn, changes, BATCH.Apply);
+    return true;
   }
 
   #pushReadBack(conn: ServerConn): void {
