@@ -229,7 +229,11 @@ describe('postgres.js', () => {
     );
     await waitUntil(
       async () =>
-        Number(await cluster.psql(`select count(*) from pg_stat_activity where query like 'select pg_sleep%' and usename = 'app' and wait_event = 'PgSleep'`)) === 1,
+        Number(
+          await cluster.psql(
+            `select count(*) from pg_stat_activity where query like 'select pg_sleep%' and usename = 'app' and wait_event = 'PgSleep'`,
+          ),
+        ) === 1,
       10_000,
       'sleep running',
     );

@@ -352,7 +352,10 @@ describe('cancel', () => {
     await c.query('begin');
     const q = c.query('select pg_sleep(10)');
     await waitUntil(
-      async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where query = 'select pg_sleep(10)' and wait_event = 'PgSleep'`)) === 1,
+      async () =>
+        Number(
+          await cluster.psql(`select count(*) from pg_stat_activity where query = 'select pg_sleep(10)' and wait_event = 'PgSleep'`),
+        ) === 1,
     );
     await cancelQuery(c);
     await assert.rejects(q, (e: Error & { code?: string }) => e.code === '57014');

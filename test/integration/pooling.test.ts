@@ -202,7 +202,10 @@ describe('transaction mode', () => {
       (e: { code?: string }) => e,
     );
     await waitUntil(
-      async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where query like 'select pg_sleep(30)%' and wait_event = 'PgSleep'`)) === 1,
+      async () =>
+        Number(
+          await cluster.psql(`select count(*) from pg_stat_activity where query like 'select pg_sleep(30)%' and wait_event = 'PgSleep'`),
+        ) === 1,
       10_000,
     );
     const busy = Array.from({ length: 20 }, (_, i) => other.query('select $1::int as i', [i]));

@@ -156,7 +156,10 @@ test('a CancelRequest with a wrong key is ignored; the right key cancels; secret
     (e: { code?: string }) => e,
   );
   await waitUntil(
-    async () => Number(await cluster.psql(`select count(*) from pg_stat_activity where query like 'select pg_sleep(30)%' and wait_event = 'PgSleep'`)) === 1,
+    async () =>
+      Number(
+        await cluster.psql(`select count(*) from pg_stat_activity where query like 'select pg_sleep(30)%' and wait_event = 'PgSleep'`),
+      ) === 1,
     10_000,
   );
   await sendCancel(key);
