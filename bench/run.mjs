@@ -214,7 +214,7 @@ async function main() {
     log(`starting Postern (${id})...`);
     const p = await startPostern({
       variant,
-      root: ROOT,
+      root: variant?.root ?? ROOT,
       dir: tmp,
       pg: pg.cluster,
       certs,

@@ -1,5 +1,7 @@
 // Command-line flags of `node bench/run.mjs` (see bench/README.md).
 
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ALL_SCENARIOS, QUICK_SCENARIOS } from './scenarios.mjs';
 
@@ -30,6 +32,9 @@ export const HELP = `Usage: node bench/run.mjs [flags]        (or: npm run bench
                        config file, values in YAML), interleaved with the first, e.g.
                        --variant nostats:stats.queries=false  or  --variant w2:workers=2;
                        the report adds an A/B table (variant / postern, same rounds)
+  --baseline DIR       the variant is another checkout of Postern (built: DIR/dist/main.js)
+                       with the same config, e.g. main before a change; the A/B table then
+                       reads baseline / this checkout
   --help`;
 
 function list(v) {
@@ -82,6 +87,7 @@ export function parseOptions(argv) {
       jobs: { type: 'string' },
       pause: { type: 'string' },
       variant: { type: 'string' },
+      baseline: { type: 'string' },
       'slow-mbps': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -102,12 +108,20 @@ export function parseOptions(argv) {
     scale: positiveInt('scale', values.scale ?? 10),
     jobs: positiveInt('jobs', values.jobs ?? 1),
     pause: Number(values.pause ?? 1),
-    variant: values.variant === undefined ? undefined : parseVariant(values.variant),
+    variant:
+      values.baseline !== undefined
+        ? { name: 'baseline', overrides: [], root: resolve(values.baseline) }
+        : values.variant === undefined
+          ? undefined
+          : parseVariant(values.variant),
     slowMbps: positiveInt('slow-mbps', values['slow-mbps'] ?? 64),
   };
   for (const s of opts.scenarios)
     if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario "${s}"; known: ${ALL_SCENARIOS.join(', ')}`);
   for (const t of opts.targets) if (!TARGETS.includes(t)) throw new Error(`unknown target "${t}"; known: ${TARGETS.join(', ')}`);
   if (!Number.isFinite(opts.pause) || opts.pause < 0) throw new Error('--pause must be a number >= 0');
+  if (values.baseline !== undefined && values.variant !== undefined) throw new Error('--baseline and --variant cannot be combined');
+  if (opts.variant?.root !== undefined && !existsSync(join(opts.variant.root, 'dist', 'main.js')))
+    throw new Error(`--baseline ${opts.variant.root}: no dist/main.js there (build that checkout first)`);
   return opts;
 }
