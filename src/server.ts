@@ -1,21 +1,23 @@
 // Composition root: builds the shared context from a validated config, opens
-// the client listener, wires the TLS upgrade server, and owns start/close and
+// the client listener, supplies the admin console and snapshots, and owns start/close and
 // the graceful shutdown (stop accepting, let sessions finish, then end them).
 
 import net from 'node:net';
-import type tls from 'node:tls';
+import { AdminConsole } from './admin/console.ts';
+import { adminExecutor } from './admin/executor.ts';
+import { collect, snapshotOf } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
 import { loadConfigFile } from './config/load.ts';
 import { type Config, type DatabaseConfig, SETTINGS } from './config/schema.ts';
-import { Context, type Peers } from './frontend/context.ts';
-import { ClientSession, upgrading } from './frontend/session.ts';
+import { Context, type Peers } from './context.ts';
+import { ClientSession } from './frontend/session.ts';
 import { AdminHttp } from './metrics/http.ts';
 import { AuditLog, statementFields } from './observability/audit.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { SQLSTATE } from './protocol/sqlstate.ts';
 import { loadNormalizer } from './stats/normalize.ts';
 import type { StatementRecord } from './stats/registry.ts';
-import { clientTlsConfigured, createClientTlsServer } from './tls/contexts.ts';
+import { ClientTls, clientTlsConfigured } from './tls/contexts.ts';
 
 export interface PosternOptions {
   logger?: Logger;
@@ -30,11 +32,6 @@ export interface PosternOptions {
 export interface Address {
   host: string;
   port: number;
-}
-
-/** tls.Server hands us the TLSSocket; `_parent` is the raw socket we emitted. */
-function rawOf(sock: tls.TLSSocket): net.Socket | undefined {
-  return (sock as unknown as { _parent?: net.Socket })._parent;
 }
 
 export class Postern {
@@ -58,12 +55,18 @@ export class Postern {
 
   constructor(config: Config, opts: PosternOptions = {}) {
     const log = opts.logger ?? createLogger(config.log.level);
-    const clientTls = clientTlsConfigured(config) ? createClientTlsServer(config) : null;
+    const clientTls = clientTlsConfigured(config) ? new ClientTls(config) : null;
     const auth = loadAuthState(config);
     if (auth.problems.length > 0) {
       throw new Error(`invalid authentication files:\n${auth.problems.map((p) => `  ${p.path}: ${p.message}`).join('\n')}`);
     }
     this.ctx = new Context(config, log, clientTls, auth.state);
+    this.ctx.adminConsole = (who, hooks) => {
+      const exec = adminExecutor(this.ctx, who);
+      return new AdminConsole({ execute: exec.execute, describe: exec.describe, ...hooks });
+    };
+    // This process's snapshot; a worker replaces it with every worker's, merged.
+    this.ctx.snapshot = () => Promise.resolve(collect(this.ctx, this.ctx.peers?.index ?? 0));
     this.#configFile = opts.configFile;
     this.#adminHttp = opts.adminHttp !== false;
     if (opts.peers !== undefined) {
@@ -85,20 +88,6 @@ export class Postern {
       this.ctx.stats.tick(now);
     }, 1000);
     this.#janitor.unref();
-    if (clientTls !== null) {
-      clientTls.on('secureConnection', (sock: tls.TLSSocket) => {
-        const raw = rawOf(sock);
-        const session = raw && upgrading.get(raw);
-        if (session) session.onSecure(sock);
-        else sock.destroy();
-      });
-      clientTls.on('tlsClientError', (err: Error, sock: tls.TLSSocket) => {
-        const raw = rawOf(sock);
-        const session = raw && upgrading.get(raw);
-        if (session) session.onTlsError(err);
-        sock.destroy();
-      });
-    }
   }
 
   get configFile(): string | undefined {
@@ -135,7 +124,7 @@ export class Postern {
     if (cfg.admin.listen !== undefined && this.#adminHttp) {
       const { http, port } = await AdminHttp.start(
         cfg.admin.listen,
-        () => this.ctx.snapshot(),
+        () => snapshotOf(this.ctx),
         () => this.#listener?.listening === true && !this.ctx.shuttingDown,
         () => this.ctx.config.databases,
         this.log,

@@ -3,7 +3,7 @@
 // worker processes the console's executor runs the same command in every
 // worker (src/cluster) and combines the outcomes; each worker runs this.
 
-import type { Context } from '../frontend/context.ts';
+import type { Context } from '../context.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import type { AdminCommand } from './commands.ts';
 

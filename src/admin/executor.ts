@@ -10,16 +10,16 @@
 
 import { SETTINGS } from '../config/schema.ts';
 import { formatDuration } from '../config/units.ts';
-import type { Context } from '../frontend/context.ts';
+import type { Context } from '../context.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { Histogram, SHAPE_BOUNDS_US } from '../stats/histogram.ts';
 import { addTotals, sumByDatabase, type Totals, zeroTotals } from '../stats/registry.ts';
 import { type AdminCommand, AdminError, parseAdminCommand } from './commands.ts';
 import type { AdminResult } from './console.ts';
-import { runControl } from './control.ts';
+import { type ControlOutcome, runControl } from './control.ts';
 import type { Cell, Column, ColumnType } from './encode.ts';
 import { addAverages } from './merge.ts';
-import type { PoolRow, Snapshot } from './snapshot.ts';
+import { type PoolRow, type Snapshot, snapshotOf } from './snapshot.ts';
 
 export interface AdminExecutor {
   execute(sql: string): Promise<AdminResult>;
@@ -213,7 +213,7 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
   };
 
   const showRows = async (what: string): Promise<Cell[][]> => {
-    const snap = await ctx.snapshot();
+    const snap = await snapshotOf(ctx);
     const now = snap.at;
     const checkDelay = ctx.config.pool.server_check_query !== '' ? ctx.config.pool.server_check_delay : -1;
     switch (what) {
@@ -395,7 +395,9 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
         const alive = who.alive ?? (() => true);
         // Every worker process runs the command on its own pools and sessions.
         const outcomes =
-          ctx.peers !== null ? await ctx.peers.everywhere(cmd, who.user, alive) : [await runControl(ctx, cmd, who.user, alive)];
+          ctx.peers !== null
+            ? ((await ctx.peers.everywhere(cmd, who.user, alive)) as ControlOutcome[])
+            : [await runControl(ctx, cmd, who.user, alive)];
         if (cmd.verb === 'KILL_CLIENT' && !outcomes.some((o) => o.found)) {
           throw new AdminError(SQLSTATE.UndefinedObject, `client ${cmd.id} not found`);
         }

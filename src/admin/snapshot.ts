@@ -7,7 +7,7 @@
 
 import type { ServerConn } from '../backend/server-conn.ts';
 import type { PoolMode } from '../config/schema.ts';
-import type { Context } from '../frontend/context.ts';
+import type { Context } from '../context.ts';
 import type { Histogram } from '../stats/histogram.ts';
 import type { Totals } from '../stats/registry.ts';
 
@@ -286,4 +286,9 @@ export function collect(ctx: Context, worker = 0): Snapshot {
     disabled: ctx.pools.disabledNames(),
     memory: { rss: mem.rss, heapUsed: mem.heapUsed },
   };
+}
+
+/** The instance's snapshot, as the composition root collects it (this process, or every worker merged). */
+export function snapshotOf(ctx: Context): Promise<Snapshot> {
+  return ctx.snapshot() as Promise<Snapshot>;
 }

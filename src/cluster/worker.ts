@@ -10,7 +10,7 @@ import { mergeSnapshots } from '../admin/merge.ts';
 import { collect, type Snapshot } from '../admin/snapshot.ts';
 import { setServerIdSpace } from '../backend/server-conn.ts';
 import type { Config } from '../config/schema.ts';
-import type { Peers } from '../frontend/context.ts';
+import type { Peers } from '../context.ts';
 import { createLogger } from '../observability/log.ts';
 import { Postern } from '../server.ts';
 import { ENV, isMessage, type PrimaryToWorker, type WorkerToPrimary } from './messages.ts';
@@ -105,7 +105,7 @@ export async function runWorker(config: Config, configFile: string): Promise<voi
   const logger = createLogger(config.log.level).child({ worker: index });
   const postern = new Postern(config, { logger, configFile, peers, adminHttp: false });
   peers.attach(postern);
-  postern.ctx.snapshots = () => peers.snapshots();
+  postern.ctx.snapshot = () => peers.snapshots();
   process.on('message', (m: unknown) => {
     if (!isMessage(m)) return;
     peers.onMessage(m as PrimaryToWorker).catch((e: Error) => postern.log.error({ err: e.message }, 'worker message failed'));

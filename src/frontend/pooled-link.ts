@@ -41,6 +41,7 @@ import {
   validationKey,
 } from '../backend/settings.ts';
 import type { PoolMode } from '../config/schema.ts';
+import type { Context } from '../context.ts';
 import type { Logger } from '../observability/log.ts';
 import {
   decodeNotice,
@@ -56,8 +57,8 @@ import { encodeQuery } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { TrafficStats } from '../stats/registry.ts';
-import type { Context } from './context.ts';
 import { mayUseSequences, sessionEffects } from './session-features.ts';
+import type { StatementHook, StatementObserver } from './statement-hook.ts';
 
 /** What a link may ask of the session that holds it. */
 export interface LinkShell {
@@ -88,10 +89,8 @@ export interface LinkShell {
   /** The session ends; its client got what it needed (a FATAL already forwarded). */
   close(): void;
   internalError(e: Error): void;
-  /** The statement hook, server side: an answer frame of the client's own request. */
-  observeServer(type: number, buf: Buffer, start: number, end: number): void;
-  /** The statement hook, client side, for frames the link reads whole. */
-  observeClient(type: number, buf: Buffer, start: number, end: number): void;
+  /** The statement hook: the link shows it the statement frames it reads whole, before forwarding them, and the answers. */
+  readonly statements: StatementHook;
   countError(code: string | undefined): void;
   countViolation(who: 'client' | 'server', kind: string): void;
 }
@@ -233,7 +232,7 @@ class SettingsBatch implements LedgerOwner {
   }
 }
 
-export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
+export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, StatementObserver {
   readonly id: number;
   readonly #shell: LinkShell;
   readonly #ctx: Context;
@@ -277,6 +276,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     this.mode = mode;
     this.#startup = startup;
     this.#rwWanted = mode === 'transaction' && shell.ctx.config.pool.max_prepared_statements > 0;
+    shell.statements.add(this);
   }
 
   get server(): ServerConn | null {
@@ -660,10 +660,10 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
     off = 0;
     while (off < chunk.length) {
       const next = off + 1 + chunk.readInt32BE(off + 1);
-      this.#shell.observeClient(chunk[off] as number, chunk, off, next);
+      this.#shell.statements.client(chunk[off] as number, chunk, off, next);
       off = next;
     }
-    for (const b of out) this.#shell.observeServer(b[0] as number, b, 0, b.length);
+    for (const b of out) this.#shell.statements.server(b[0] as number, b, 0, b.length);
     this.#shell.send(Buffer.concat(out));
     return true;
   }
@@ -696,7 +696,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
 
   /** A client frame the link reads whole. */
   onClientFrame(type: number, buf: Buffer, start: number, end: number): void {
-    if ((type === FE.Query || type === FE.Parse) && this.mode !== 'session') this.#statementText(type, buf, start, end);
+    // The statement hook sees it before it goes on (the session features below are one of its observers).
+    if (CLIENT_OBSERVED[type] === 1) this.#shell.statements.client(type, buf, start, end);
     const rw = this.#rw;
     if (rw !== null && PREPARED_CLIENT_INSPECT[type] === 1) {
       try {
@@ -710,7 +711,11 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
         throw e;
       }
     } else this.#toServer(buf, start, end);
-    if (CLIENT_OBSERVED[type] === 1) this.#shell.observeClient(type, buf, start, end);
+  }
+
+  /** StatementObserver: the session features of a Query or Parse text (transaction and statement mode). */
+  onStatement(type: number, buf: Buffer, start: number, end: number): void {
+    if ((type === FE.Query || type === FE.Parse) && this.mode !== 'session' && !this.#closed) this.#statementText(type, buf, start, end);
   }
 
   /** Client bytes in a run (frames the link does not read whole). */
@@ -832,7 +837,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
   onServerPeek(type: number, buf: Buffer, start: number, end: number): void {
     const conn = this.#server;
     if (conn === null) return;
-    if (!conn.ledger.swallowingHead) this.#shell.observeServer(type, buf, start, end);
+    if (!conn.ledger.swallowingHead) this.#shell.statements.server(type, buf, start, end);
     conn.ledger.onServerFrame(type, buf, start, end, true);
   }
 
@@ -849,7 +854,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute {
       this.#shell.countError(e.code);
     }
     if (!ours && (SERVER_PEEK[type] === 1 || type === BE.ReadyForQuery || type === BE.ErrorResponse))
-      this.#shell.observeServer(type, buf, start, end);
+      this.#shell.statements.server(type, buf, start, end);
     if (this.#rw !== null) this.#rw.onServerFrame(type, buf, start, end);
     else ledger.onServerFrame(type, buf, start, end, false);
     if (this.#server === conn && ledger.idle) this.#idleCheck();

@@ -1,25 +1,23 @@
 // State shared by every session of one Postern instance: the loaded config,
-// loggers, TLS servers, the cancel-key registry and the live session set.
-// Side channels (metrics, admin) read these same objects.
+// loggers, TLS material, the cancel-key registry and the live session set.
+// Side channels (metrics, admin) read these same objects through a snapshot
+// the composition root supplies (`snapshot`): this module imports nothing of
+// the admin console, so the console and the sessions never import each other.
 
-import { randomBytes, randomInt, timingSafeEqual, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import type tls from 'node:tls';
-import type { ControlCommand, ControlOutcome } from '../admin/control.ts';
-import { collect, type Snapshot } from '../admin/snapshot.ts';
-import { tlsServerEndPoint } from '../auth/scram.ts';
-import type { StoredSecret } from '../auth/secrets.ts';
-import type { AuthState } from '../auth/store.ts';
-import { LoginThrottle } from '../auth/throttle.ts';
-import { PoolRegistry } from '../backend/pool.ts';
-import { StatementCache } from '../backend/prepared.ts';
-import type { ServerConn, ServerTarget } from '../backend/server-conn.ts';
-import type { Config, PoolConfig } from '../config/schema.ts';
-import type { AuditLog } from '../observability/audit.ts';
-import type { Logger } from '../observability/log.ts';
-import { Stats } from '../stats/registry.ts';
-import { type ServerTlsOptions, serverTlsOptions } from '../tls/contexts.ts';
-import { VERSION } from '../version.ts';
+import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { tlsServerEndPoint } from './auth/scram.ts';
+import type { StoredSecret } from './auth/secrets.ts';
+import type { AuthState } from './auth/store.ts';
+import { LoginThrottle } from './auth/throttle.ts';
+import { PoolRegistry } from './backend/pool.ts';
+import { StatementCache } from './backend/prepared.ts';
+import type { ServerConn, ServerTarget } from './backend/server-conn.ts';
+import type { Config, PoolConfig } from './config/schema.ts';
+import type { AuditLog } from './observability/audit.ts';
+import type { Logger } from './observability/log.ts';
+import { Stats } from './stats/registry.ts';
+import { type ClientTls, type ServerTlsOptions, serverTlsOptions } from './tls/contexts.ts';
+import { VERSION } from './version.ts';
 
 /** A client as the admin console and metrics see it (PgBouncer's SHOW CLIENTS vocabulary). */
 export interface ClientInfo {
@@ -67,11 +65,33 @@ export interface Peers {
   /** This worker's index (0-based) and the number of workers. */
   readonly index: number;
   readonly count: number;
-  /** Runs a control command in every worker, this one included; resolves with every outcome. */
-  everywhere(cmd: ControlCommand, who: string, alive: () => boolean): Promise<ControlOutcome[]>;
+  /** Runs a control command (admin/control.ts) in every worker, this one included; resolves with every outcome. */
+  everywhere(cmd: unknown, who: string, alive: () => boolean): Promise<unknown[]>;
   /** A cancel request no session of this worker owns: the worker that does checks the key. */
   cancel(pid: number, key: Buffer): void;
 }
+
+/** What an admin console session needs from its client session (the console itself lives in admin/). */
+export interface AdminHooks {
+  write(b: Buffer): void;
+  onTerminate(): void;
+  onFatal(code: string, message: string): void;
+  onInternalError(err: unknown): void;
+  pause(): void;
+  resume(): void;
+}
+
+/** One admin console session, as a client session drives it. */
+export interface AdminSession {
+  onFrame(type: number, buf: Buffer, start: number, end: number): void;
+  close(): void;
+}
+
+/** Makes an admin console session; supplied by the composition root, so sessions never import the console. */
+export type AdminFactory = (
+  who: { readOnly: boolean; clientId: number; user: string; alive: () => boolean },
+  hooks: AdminHooks,
+) => AdminSession;
 
 /** What a session exposes to the rest of Postern. */
 export interface SessionHandle {
@@ -91,7 +111,7 @@ export interface SessionHandle {
 export class Context {
   config: Config;
   log: Logger;
-  clientTls: tls.Server | null;
+  clientTls: ClientTls | null;
   #serverTls = new Map<string, ServerTlsOptions>();
   readonly sessions = new Set<SessionHandle>();
   readonly #byPid = new Map<number, SessionHandle>();
@@ -116,21 +136,23 @@ export class Context {
   readonly stats = new Stats();
   /** The audit trail; null when audit.file is unset. */
   audit: AuditLog | null = null;
+  /** The admin console's sessions; set by the Postern instance. */
+  adminConsole: AdminFactory | null = null;
   /** RELOAD and SHUTDOWN for the admin console; set by the Postern instance. */
   control: Control | null = null;
-  /** Where the admin console and metrics get their snapshot when several processes serve (null: this process alone). */
-  snapshots: (() => Promise<Snapshot>) | null = null;
-  /** The instance as the admin console and metrics show it: every worker's state merged, or this process's. */
-  snapshot(): Promise<Snapshot> {
-    return this.snapshots !== null ? this.snapshots() : Promise.resolve(collect(this, this.peers?.index ?? 0));
-  }
+  /**
+   * The instance as the admin console and metrics show it: every worker's
+   * state merged, or this process's. Set by the composition root (server.ts),
+   * which knows how snapshots are collected and merged.
+   */
+  snapshot: () => Promise<unknown> = () => Promise.reject(new Error('no snapshot source'));
 
   /** The other worker processes; null when this process serves alone. */
   peers: Peers | null = null;
   readonly version = VERSION;
   readonly startedAt = Date.now();
 
-  constructor(config: Config, log: Logger, clientTls: tls.Server | null, auth: AuthState) {
+  constructor(config: Config, log: Logger, clientTls: ClientTls | null, auth: AuthState) {
     this.config = config;
     this.log = log;
     this.clientTls = clientTls;
@@ -143,10 +165,7 @@ export class Context {
     const a = config.auth;
     this.throttle = new LoginThrottle({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
     for (const [name, db] of Object.entries(config.databases)) this.#serverTls.set(name, serverTlsOptions(db));
-    if (clientTls !== null && config.tls.cert !== undefined) {
-      // X509Certificate reads the first certificate of a chain file: the leaf clients see.
-      this.channelBinding = tlsServerEndPoint(new X509Certificate(readFileSync(config.tls.cert)).raw);
-    }
+    if (clientTls !== null) this.channelBinding = tlsServerEndPoint(clientTls.certificate);
   }
 
   count(map: Map<string, number>, key: string): void {

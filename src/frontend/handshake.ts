@@ -1,0 +1,269 @@
+// The handshake room: a client's first bytes, up to a startup packet on a
+// (possibly TLS) socket. Owns SSLRequest and GSSENCRequest (one answer byte
+// each; bytes piggybacked on a request are refused unread), direct TLS (the
+// ClientHello as first byte, ALPN `postgresql`), the TLS upgrade (through
+// tls/contexts.ts), CancelRequest, and the decoding of the startup packet
+// with the protocol version check. It ends in exactly one way: a startup
+// value handed to its host, a cancel handled, or a refusal (FATAL or quiet
+// close) through its host.
+// https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-SSL
+
+import type net from 'node:net';
+import type tls from 'node:tls';
+import type { Context } from '../context.ts';
+import type { Logger } from '../observability/log.ts';
+import { LATEST_MINOR } from '../protocol/codes.ts';
+import { BAD_LENGTH, NEED_MORE, startupFrame } from '../protocol/framer.ts';
+import { SQLSTATE } from '../protocol/sqlstate.ts';
+import { decodeStartup, type StartupPacket } from '../protocol/startup.ts';
+import { ProtocolViolation } from '../protocol/violation.ts';
+import { ALPN_POSTGRESQL } from '../tls/contexts.ts';
+
+const BYTE_S = Buffer.from('S');
+const BYTE_N = Buffer.from('N');
+const TLS_HANDSHAKE_RECORD = 0x16;
+
+export interface TlsInfo {
+  version: string;
+  cipher: string;
+  /** TLS-first (PostgreSQL 17 direct TLS) rather than after an SSLRequest. */
+  direct: boolean;
+  alpn: string | false;
+}
+
+/** A startup packet, protocol 3.x, with a user name. */
+export interface Startup {
+  /** The socket the client speaks on from now on (the TLS socket after an upgrade). */
+  socket: net.Socket;
+  tls: TlsInfo | null;
+  /** The minor protocol version the client asked for (3.x). */
+  minor: number;
+  params: Map<string, string>;
+  user: string;
+  database: string;
+  /** Bytes that came after the startup packet in the same read (a pipelining client). */
+  early: Buffer;
+}
+
+export interface HandshakeHost {
+  readonly ctx: Context;
+  readonly log: Logger;
+  debug(obj: object | string, msg?: string): void;
+  /** FATAL on the socket the client speaks on now, then close. */
+  fatal(code: string, message: string, detail?: string, hint?: string): void;
+  /** Close without a word. */
+  destroy(): void;
+  /** The client now speaks TLS on this socket (its writes go there from now on). */
+  secured(sock: tls.TLSSocket, info: TlsInfo): void;
+  /** The startup packet. */
+  startup(s: Startup): void;
+}
+
+export const HANDSHAKE = { Negotiating: 'negotiating', TlsHandshake: 'tls_handshake', Done: 'done' } as const;
+export type HandshakeState = (typeof HANDSHAKE)[keyof typeof HANDSHAKE];
+
+export class Handshake {
+  readonly #host: HandshakeHost;
+  readonly #ctx: Context;
+  /** The socket the handshake reads from: the raw one, then the TLS one. */
+  #sock: net.Socket;
+  readonly #raw: net.Socket;
+  #buf: Buffer | null = null;
+  #sslTried = false;
+  #gssTried = false;
+  #tls: TlsInfo | null = null;
+  #state: HandshakeState = HANDSHAKE.Negotiating;
+
+  constructor(host: HandshakeHost, raw: net.Socket) {
+    this.#host = host;
+    this.#ctx = host.ctx;
+    this.#raw = raw;
+    this.#sock = raw;
+    raw.on('data', this.#onData);
+  }
+
+  get state(): HandshakeState {
+    return this.#state;
+  }
+
+  /** The handshake is over (or the session closes): it reads nothing more. */
+  stop(): void {
+    this.#state = HANDSHAKE.Done;
+    this.#sock.removeListener('data', this.#onData);
+  }
+
+  #onData = (chunk: Buffer): void => {
+    try {
+      this.#data(chunk);
+    } catch (e) {
+      this.stop();
+      this.#host.log.error({ err: (e as Error).message, stack: (e as Error).stack }, 'internal error');
+      this.#host.fatal(SQLSTATE.InternalError, 'internal error in Postern');
+    }
+  };
+
+  #data(chunk: Buffer): void {
+    if (this.#state !== HANDSHAKE.Negotiating) return;
+    if (this.#buf === null && this.#tls === null && !this.#sslTried && !this.#gssTried && chunk[0] === TLS_HANDSHAKE_RECORD) {
+      this.#beginTls(true, chunk);
+      return;
+    }
+    const buf = this.#buf === null ? chunk : Buffer.concat([this.#buf, chunk]);
+    this.#buf = null;
+    // Every request below either ends negotiation or must be the last bytes
+    // received, so one packet per call is all there can be.
+    const n = startupFrame(buf, 0, buf.length);
+    if (n === NEED_MORE) {
+      if (buf.length > 0) this.#buf = Buffer.from(buf);
+      return;
+    }
+    if (n < 0) {
+      // Postgres logs this and closes without a reply: the peer may not speak the protocol at all.
+      const reason = n === BAD_LENGTH ? 'bad_length' : 'too_large';
+      this.#ctx.count(this.#ctx.stats.violations, `client/startup_${reason}`);
+      this.#host.log.info({ reason }, 'invalid length of startup packet');
+      this.stop();
+      this.#host.destroy();
+      return;
+    }
+    let packet: StartupPacket;
+    try {
+      packet = decodeStartup(buf.subarray(0, n));
+    } catch (e) {
+      if (!(e instanceof ProtocolViolation)) throw e;
+      this.stop();
+      this.#host.fatal(SQLSTATE.ProtocolViolation, e.message);
+      return;
+    }
+    const rest = buf.subarray(n);
+    switch (packet.kind) {
+      case 'ssl':
+      case 'gssenc':
+        this.#onRequest(packet.kind === 'ssl', rest);
+        return;
+      case 'cancel':
+        this.stop();
+        this.#cancel(packet.pid, packet.key);
+        return;
+      case 'startup':
+        this.stop();
+        this.#startup(packet.major, packet.minor, packet.params, rest);
+        return;
+      default:
+        packet satisfies never;
+    }
+  }
+
+  #onRequest(ssl: boolean, rest: Buffer): void {
+    if (this.#tls !== null || (ssl ? this.#sslTried : this.#gssTried)) {
+      this.stop();
+      this.#host.fatal(SQLSTATE.ProtocolViolation, `unexpected ${ssl ? 'SSL' : 'GSSAPI'} negotiation request`);
+      return;
+    }
+    if (rest.length > 0) {
+      // Bytes piggybacked on the request would be read as if they had
+      // been encrypted (CVE-2021-23214): refuse them unread.
+      this.stop();
+      this.#host.fatal(SQLSTATE.ProtocolViolation, `received unencrypted data after ${ssl ? 'SSL' : 'GSSAPI encryption'} request`);
+      return;
+    }
+    if (ssl) {
+      this.#sslTried = true;
+      if (this.#ctx.clientTls !== null) {
+        this.#raw.write(BYTE_S);
+        this.#beginTls(false, null);
+        return;
+      }
+    } else this.#gssTried = true;
+    this.#host.debug({ request: ssl ? 'ssl' : 'gssenc' }, 'answered N');
+    this.#raw.write(BYTE_N);
+  }
+
+  #beginTls(direct: boolean, pending: Buffer | null): void {
+    const clientTls = this.#ctx.clientTls;
+    if (clientTls === null) {
+      // TLS-first client but no TLS configured: nothing sensible to say in plaintext.
+      this.#host.log.info('direct TLS connection refused: TLS is not configured');
+      this.stop();
+      this.#host.destroy();
+      return;
+    }
+    this.#state = HANDSHAKE.TlsHandshake;
+    this.#tls = { version: '', cipher: '', direct, alpn: false };
+    const raw = this.#raw;
+    raw.removeListener('data', this.#onData);
+    raw.pause();
+    clientTls.upgrade(raw, pending, {
+      secure: (sock) => this.#onSecure(sock),
+      failed: (err) => this.#onTlsError(err),
+    });
+  }
+
+  #onSecure(sock: tls.TLSSocket): void {
+    if (this.#state !== HANDSHAKE.TlsHandshake) {
+      sock.destroy();
+      return;
+    }
+    const info = this.#tls as TlsInfo;
+    info.version = sock.getProtocol() ?? 'unknown';
+    info.cipher = sock.getCipher().name;
+    info.alpn = sock.alpnProtocol ?? false;
+    this.#ctx.count(this.#ctx.stats.tlsHandshakes, `${info.version}/ok`);
+    this.#sock = sock;
+    this.#host.secured(sock, info);
+    this.#host.debug({ tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn }, 'TLS established');
+    this.#state = HANDSHAKE.Negotiating;
+    if (info.direct && info.alpn !== ALPN_POSTGRESQL && !this.#ctx.config.tls.direct_without_alpn) {
+      this.stop();
+      this.#host.fatal(SQLSTATE.ProtocolViolation, 'received direct SSL connection request without ALPN protocol negotiation extension');
+      return;
+    }
+    sock.on('data', this.#onData);
+  }
+
+  /** A failed handshake closes quietly, as PostgreSQL does. */
+  #onTlsError(err: Error): void {
+    if (this.#state === HANDSHAKE.Done) return;
+    this.#ctx.count(this.#ctx.stats.tlsHandshakes, 'none/fail');
+    this.#host.log.info({ err: (err as NodeJS.ErrnoException).code ?? err.message }, 'TLS handshake failed');
+    this.stop();
+    this.#host.destroy();
+  }
+
+  #cancel(pid: number, key: Buffer): void {
+    if (this.#ctx.cancelByKey(pid, key)) this.#host.debug('cancel request');
+    else if (this.#ctx.peers !== null) {
+      // Another worker process may own that session: it checks the key itself.
+      this.#ctx.peers.cancel(pid, key);
+    } else {
+      this.#ctx.count(this.#ctx.stats.cancels, 'unknown');
+      // Unknown keys are ignored, as Postgres does; say nothing either way.
+      this.#host.debug('cancel request with unknown key ignored');
+    }
+    this.#host.destroy();
+  }
+
+  #startup(major: number, minor: number, params: Map<string, string>, early: Buffer): void {
+    if (major !== 3) {
+      this.#host.fatal(
+        SQLSTATE.FeatureNotSupported,
+        `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.${LATEST_MINOR}`,
+      );
+      return;
+    }
+    const user = params.get('user');
+    if (user === undefined || user === '') {
+      this.#host.fatal(SQLSTATE.InvalidAuthorizationSpecification, 'no PostgreSQL user name specified in startup packet');
+      return;
+    }
+    this.#host.startup({
+      socket: this.#sock,
+      tls: this.#tls,
+      minor,
+      params,
+      user,
+      database: params.get('database') || user,
+      early: early.length > 0 ? Buffer.from(early) : Buffer.alloc(0),
+    });
+  }
+}
