@@ -7,6 +7,7 @@
 // Words are case-insensitive and unquoted names fold to lower case, as in SQL;
 // a "quoted" database name or key keeps its case.
 
+import { ClientError } from '../errors.ts';
 import { splitStatements, TOKEN, type Token, tokenize } from '../sql/lexer.ts';
 
 export type AdminCommand =
@@ -17,14 +18,11 @@ export type AdminCommand =
   | { verb: 'SET'; key: string; value: string };
 
 /** An error the client may see: SQLSTATE, message and optional detail, sent as an ERROR. */
-export class AdminError extends Error {
-  readonly code: string;
-  readonly detail: string | undefined;
-  constructor(code: string, message: string, detail?: string) {
-    super(message);
+/** A console command the client gets an ErrorResponse for (its SQLSTATE, as PgBouncer's console would answer). */
+export class AdminError extends ClientError {
+  constructor(sqlstate: string, message: string, detail?: string) {
+    super(sqlstate, message, { code: 'ERR_ADMIN_COMMAND', detail });
     this.name = 'AdminError';
-    this.code = code;
-    this.detail = detail;
   }
 }
 

@@ -125,7 +125,7 @@ interface Portal {
 }
 
 function errorFrame(e: AdminError): Buffer {
-  const spec: ErrorSpec = { severity: 'ERROR', code: e.code, message: e.message };
+  const spec: ErrorSpec = { severity: 'ERROR', code: e.sqlstate, message: e.message };
   if (e.detail !== undefined) spec.detail = e.detail;
   return encodeError(spec);
 }

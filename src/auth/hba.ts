@@ -15,6 +15,7 @@
 // would let the next, more permissive line match instead.
 
 import { isIP } from 'node:net';
+import { PosternError } from '../errors.ts';
 
 // ---------------------------------------------------------------- lexer
 
@@ -193,10 +194,10 @@ export function formatAuthFileError(e: AuthFileError): string {
 }
 
 /** Thrown inside the line parsers only; always caught by the file loop. */
-class LineFailure extends Error {
+class LineFailure extends PosternError {
   readonly problem: LineProblem;
   constructor(problem: LineProblem) {
-    super(problem.message);
+    super(problem.message, 'ERR_HBA_LINE');
     this.problem = problem;
   }
 }

@@ -6,13 +6,14 @@
 
 import type { Readable, Writable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
+import { PosternError } from '../errors.ts';
 
 /** A readable that may be a terminal (process.stdin is a tty.ReadStream when it is). */
 export type PasswordInput = Readable & { isTTY?: boolean; isRaw?: boolean; setRawMode?: (mode: boolean) => unknown };
 
-export class PasswordInputError extends Error {
+export class PasswordInputError extends PosternError {
   constructor(message: string) {
-    super(message);
+    super(message, 'ERR_PASSWORD_INPUT');
     this.name = 'PasswordInputError';
   }
 }

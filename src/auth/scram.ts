@@ -12,6 +12,7 @@
 // https://www.postgresql.org/docs/current/sasl-authentication.html
 
 import { createHash, createHmac, pbkdf2, randomBytes, timingSafeEqual } from 'node:crypto';
+import { PosternError } from '../errors.ts';
 import { saslprep, saslprepBytes } from './saslprep.ts';
 
 export const SCRAM_SHA_256 = 'SCRAM-SHA-256';
@@ -62,10 +63,10 @@ export type ScramErrorKind = (typeof SCRAM_ERROR)[keyof typeof SCRAM_ERROR];
  * keys or proofs, but may contain what the peer sent in clear text (nonces,
  * attribute names). Clients get a generic 28P01 from the caller.
  */
-export class ScramError extends Error {
+export class ScramError extends PosternError {
   readonly kind: ScramErrorKind;
   constructor(kind: ScramErrorKind, reason: string) {
-    super(reason);
+    super(reason, 'ERR_SCRAM');
     this.name = 'ScramError';
     this.kind = kind;
   }

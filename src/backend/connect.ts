@@ -7,6 +7,7 @@
 
 import net from 'node:net';
 import tls from 'node:tls';
+import { PosternError } from '../errors.ts';
 import { SSL_REQUEST } from '../protocol/startup.ts';
 import type { ServerTlsOptions } from '../tls/contexts.ts';
 
@@ -27,12 +28,11 @@ export interface ReadInto {
   callback: (n: number, buf: Buffer) => boolean;
 }
 
-export class ServerConnectError extends Error {
-  readonly code: string;
+/** Postern could not open a transport to a server (timeout, TLS refused or failed its checks, injected bytes): code ERR_SERVER_*. */
+export class ServerConnectError extends PosternError {
   constructor(code: string, message: string) {
-    super(message);
+    super(message, code);
     this.name = 'ServerConnectError';
-    this.code = code;
   }
 }
 

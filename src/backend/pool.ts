@@ -438,7 +438,7 @@ export class Pool {
         // 28P01, which would blame the client's password.
         const waiting = this.#waiting.splice(0);
         const fields = e instanceof ServerLoginError ? e.fields : null;
-        const code = fields !== null && e instanceof ServerLoginError ? e.code : SQLSTATE.ConnectionFailure;
+        const code = fields !== null && e instanceof ServerLoginError ? e.sqlstate : SQLSTATE.ConnectionFailure;
         const message = fields?.message ?? `could not connect to the server for database "${this.target.name}"`;
         const detail = fields !== null ? fields.detail : e.message;
         for (const { w } of waiting) w.onPoolError(code, message, detail);

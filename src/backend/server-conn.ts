@@ -14,6 +14,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { md5Response } from '../auth/md5.ts';
 import { ScramClient, type ScramKeys, tlsServerEndPoint } from '../auth/scram.ts';
+import { PosternError } from '../errors.ts';
 import type { Logger } from '../observability/log.ts';
 import {
   decodeAuth,
@@ -79,13 +80,17 @@ export interface ServerSecret {
 }
 
 /** A login the server refused: carries the server's own error fields for the client. */
-export class ServerLoginError extends Error {
+/**
+ * A server login (or Postern's own query) that failed: the SQLSTATE is the
+ * server's when `fields` holds its ErrorResponse, else Postern's own reason.
+ */
+export class ServerLoginError extends PosternError {
   readonly fields: NoticeFields | null;
-  readonly code: string;
-  constructor(code: string, message: string, fields: NoticeFields | null = null) {
-    super(message);
+  readonly sqlstate: string;
+  constructor(sqlstate: string, message: string, fields: NoticeFields | null = null) {
+    super(message, 'ERR_SERVER_LOGIN');
     this.name = 'ServerLoginError';
-    this.code = code;
+    this.sqlstate = sqlstate;
     this.fields = fields;
   }
 }

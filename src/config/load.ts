@@ -7,6 +7,7 @@ import { accessSync, constants, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { PosternError } from '../errors.ts';
 import { type Config, configSchema, SETTINGS } from './schema.ts';
 
 export interface ConfigProblem {
@@ -16,10 +17,10 @@ export interface ConfigProblem {
 
 export type LoadResult = { ok: true; config: Config } | { ok: false; problems: ConfigProblem[] };
 
-export class ConfigError extends Error {
+export class ConfigError extends PosternError {
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
-    super(`invalid configuration:\n${problems.map((p) => `  ${p.path || '(root)'}: ${p.message}`).join('\n')}`);
+    super(`invalid configuration:\n${problems.map((p) => `  ${p.path || '(root)'}: ${p.message}`).join('\n')}`, 'ERR_CONFIG');
     this.name = 'ConfigError';
     this.problems = problems;
   }

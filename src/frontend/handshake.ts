@@ -92,15 +92,18 @@ export class Handshake {
     this.#sock.removeListener('data', this.#onData);
   }
 
-  #onData = (chunk: Buffer): void => {
+  #onData = (chunk: Buffer): void => this.#guard(() => this.#data(chunk));
+
+  /** The one catch of the handshake's entries (socket data, TLS events): a bug ends this session only. */
+  #guard(f: () => void): void {
     try {
-      this.#data(chunk);
+      f();
     } catch (e) {
       this.stop();
       this.#host.log.error({ err: (e as Error).message, stack: (e as Error).stack }, 'internal error');
       this.#host.fatal(SQLSTATE.InternalError, 'internal error in Postern');
     }
-  };
+  }
 
   #data(chunk: Buffer): void {
     if (this.#state !== HANDSHAKE.Negotiating) return;
@@ -193,9 +196,10 @@ export class Handshake {
     const raw = this.#raw;
     raw.removeListener('data', this.#onData);
     raw.pause();
+    // TLS events are entries from outside: each has its own catch.
     clientTls.upgrade(raw, pending, {
-      secure: (sock) => this.#onSecure(sock),
-      failed: (err) => this.#onTlsError(err),
+      secure: (sock) => this.#guard(() => this.#onSecure(sock)),
+      failed: (err) => this.#guard(() => this.#onTlsError(err)),
     });
   }
 

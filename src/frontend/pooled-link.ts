@@ -343,8 +343,16 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     if (conn !== null) this.onServer(conn);
   }
 
-  /** PoolWaiter: a server connection is lent to this client. */
+  /** PoolWaiter: a server connection is lent to this client (called by the pool: an entry from outside, with its own catch). */
   onServer(conn: ServerConn): void {
+    try {
+      this.#onServer(conn);
+    } catch (e) {
+      this.#shell.internalError(e as Error);
+    }
+  }
+
+  #onServer(conn: ServerConn): void {
     const why = this.#waitingFor;
     this.#waitingFor = null;
     if (this.#closed) {
@@ -394,8 +402,12 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   onPoolError(code: string, message: string, detail?: string): void {
     this.#waitingFor = null;
     this.waitSince = 0;
-    this.#shell.logFor(null).info({ code, message }, 'no server connection for the client');
-    this.#shell.fatal(code, message, detail);
+    try {
+      this.#shell.logFor(null).info({ code, message }, 'no server connection for the client');
+      this.#shell.fatal(code, message, detail);
+    } catch (e) {
+      this.#shell.internalError(e as Error);
+    }
   }
 
   /** What the server's frames must be read as now: whole while Postern's answers are at the head, completions whole while some answer is not simply the client's. */

@@ -122,23 +122,26 @@ export class RelayLink implements ServerLink {
     const startup = encodeStartup((3 << 16) | this.#requestMinor, out);
     const server = new ServerConn(target, this.#s.user, this.#host.log);
     this.#server = server;
-    server.openRelay(startup, this, SERVER_INSPECT_STARTUP, this.#ctx.config.limits.max_message_size).then(
-      () => {
-        if (this.#closed) {
-          server.destroy();
-          return;
-        }
-        this.#host.debug({ server: `${target.host}:${target.port}`, tls: server.tls?.version ?? null }, 'server connected');
-        this.#host.resumeClient();
-      },
-      (err: Error) => {
-        this.#server = null;
-        const code = err instanceof ServerConnectError ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERR_SERVER_CONNECT');
-        this.#host.log.warn({ database: this.#s.database, err: code, detail: err.message }, 'cannot connect to server');
-        if (this.#closed) return;
-        this.#host.fatal(SQLSTATE.ConnectionFailure, `could not connect to the server for database "${this.#s.database}"`);
-      },
-    );
+    server
+      .openRelay(startup, this, SERVER_INSPECT_STARTUP, this.#ctx.config.limits.max_message_size)
+      .then(
+        () => {
+          if (this.#closed) {
+            server.destroy();
+            return;
+          }
+          this.#host.debug({ server: `${target.host}:${target.port}`, tls: server.tls?.version ?? null }, 'server connected');
+          this.#host.resumeClient();
+        },
+        (err: Error) => {
+          this.#server = null;
+          const code = err instanceof ServerConnectError ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERR_SERVER_CONNECT');
+          this.#host.log.warn({ database: this.#s.database, err: code, detail: err.message }, 'cannot connect to server');
+          if (this.#closed) return;
+          this.#host.fatal(SQLSTATE.ConnectionFailure, `could not connect to the server for database "${this.#s.database}"`);
+        },
+      )
+      .catch((e: Error) => this.#host.internalError(e));
   }
 
   // ---------------------------------------------------------------- client side

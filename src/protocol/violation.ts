@@ -2,6 +2,8 @@
 // The session catches it in exactly one place, answers FATAL 08P01 (when the
 // peer is a client) and closes.
 
+import { PosternError } from '../errors.ts';
+
 export const VIOLATION = {
   BadLength: 'bad_length',
   TooLarge: 'too_large',
@@ -13,10 +15,10 @@ export const VIOLATION = {
 } as const;
 export type ViolationKind = (typeof VIOLATION)[keyof typeof VIOLATION];
 
-export class ProtocolViolation extends Error {
+export class ProtocolViolation extends PosternError {
   readonly kind: ViolationKind;
   constructor(kind: ViolationKind, message: string) {
-    super(message);
+    super(message, 'ERR_PROTOCOL_VIOLATION');
     this.name = 'ProtocolViolation';
     this.kind = kind;
   }
