@@ -124,12 +124,7 @@ export class Context {
   channelBinding: Buffer | null = null;
   /** Secrets fetched by auth_query: user@database -> entry. */
   readonly lookupCache = new Map<string, { secret: StoredSecret | null; expires: number }>();
-  /** Login counters by method and outcome ("scram-sha-256/ok"), failures by reason; read by metrics/admin. */
-  readonly logins = new Map<string, number>();
-  readonly loginFailures = new Map<string, number>();
   readonly pools: PoolRegistry;
-  /** Transaction-mode clients pinned to their server connection, by the feature that pinned them. */
-  readonly pins = new Map<string, number>();
   /** Protocol-level prepared statements, shared by every transaction-mode session. */
   readonly statements = new StatementCache();
   /** Traffic, errors, query shapes: what metrics and the admin console report. */

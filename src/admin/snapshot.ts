@@ -273,9 +273,9 @@ export function collect(ctx: Context, worker = 0): Snapshot {
     traffic,
     averages,
     counters: {
-      logins: record(ctx.logins),
-      loginFailures: record(ctx.loginFailures),
-      pins: record(ctx.pins),
+      logins: record(ctx.stats.logins),
+      loginFailures: record(ctx.stats.loginFailures),
+      pins: record(ctx.stats.pins),
       errors: record(ctx.stats.errors),
       violations: record(ctx.stats.violations),
       tlsHandshakes: record(ctx.stats.tlsHandshakes),

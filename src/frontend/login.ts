@@ -192,7 +192,7 @@ export class Login {
     const addr = this.#s.socket.remoteAddress ?? '';
     if (this.#ctx.throttle.isThrottled(addr)) {
       this.#ctx.throttle.throttledTotal++;
-      this.#ctx.count(this.#ctx.loginFailures, 'throttled');
+      this.#ctx.count(this.#ctx.stats.loginFailures, 'throttled');
       this.#host.log.info({ addr }, 'login throttled after repeated failures');
       await new Promise((r) => setTimeout(r, this.#ctx.throttle.delayMs).unref());
       this.#host.fatal(SQLSTATE.InvalidAuthorizationSpecification, 'too many failed login attempts from this address; try again later');
@@ -203,7 +203,7 @@ export class Login {
     if (secret === LOOKUP_FAILED) {
       // Postern could not ask: not the client's fault, not a password failure, not throttled.
       this.#host.outcome(false, 'auth_query_failed');
-      this.#ctx.count(this.#ctx.loginFailures, 'auth_query_failed');
+      this.#ctx.count(this.#ctx.stats.loginFailures, 'auth_query_failed');
       this.#host.fatal(
         SQLSTATE.ConnectionFailure,
         `could not connect to the server for database "${this.#s.database}"`,
@@ -381,13 +381,13 @@ export class Login {
 
   #failed(reason: string, method: string): void {
     this.#host.outcome(false, reason);
-    this.#ctx.count(this.#ctx.logins, `${method}/fail`);
-    this.#ctx.count(this.#ctx.loginFailures, reason);
+    this.#ctx.count(this.#ctx.stats.logins, `${method}/fail`);
+    this.#ctx.count(this.#ctx.stats.loginFailures, reason);
   }
 
   /** The client is authenticated: what serves it next. */
   #ok(method: string, creds: LoginCredentials): void {
-    this.#ctx.count(this.#ctx.logins, `${method}/ok`);
+    this.#ctx.count(this.#ctx.stats.logins, `${method}/ok`);
     this.#host.outcome(true, null);
     this.#host.debug({ user: this.#s.user, method }, 'client authenticated');
     if (this.admin) {

@@ -788,7 +788,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #pin(why: string): void {
     if (this.pinned !== null || this.mode !== 'transaction') return;
     this.pinned = why;
-    this.#ctx.count(this.#ctx.pins, why);
+    this.#ctx.count(this.#ctx.stats.pins, why);
     this.#shell.logFor(this.#server).info({ feature: why }, 'client pinned to its server connection for the rest of its session');
   }
 

@@ -250,7 +250,7 @@ export class RelayLink implements ServerLink {
         }
         if (auth.code === AUTH.Ok) {
           this.#host.debug('authenticated by server');
-          this.#ctx.count(this.#ctx.logins, 'passthrough/ok');
+          this.#ctx.count(this.#ctx.stats.logins, 'passthrough/ok');
           this.#host.outcome(true, null);
         }
         this.#toClient(buf, start, end);
@@ -267,7 +267,7 @@ export class RelayLink implements ServerLink {
         const e = decodeNotice(buf, start, end);
         this.#serverSaidFatal = true;
         this.#host.countError(e.code);
-        if (e.code === SQLSTATE.InvalidPassword) this.#ctx.count(this.#ctx.logins, 'passthrough/fail');
+        if (e.code === SQLSTATE.InvalidPassword) this.#ctx.count(this.#ctx.stats.logins, 'passthrough/fail');
         this.#host.outcome(false, `server_${e.code ?? 'error'}`);
         this.#host
           .logFor(this.#server)

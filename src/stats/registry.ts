@@ -120,6 +120,12 @@ export class Stats {
   readonly tlsHandshakes = new Map<string, number>();
   /** Cancel requests, by outcome (forwarded, unknown). */
   readonly cancels = new Map<string, number>();
+  /** Logins by method and outcome ("scram-sha-256/ok"). */
+  readonly logins = new Map<string, number>();
+  /** Failed logins by reason. */
+  readonly loginFailures = new Map<string, number>();
+  /** Transaction-mode clients pinned to their server connection, by the feature that pinned them. */
+  readonly pins = new Map<string, number>();
   /** Query shapes; null while statistics are off or the normalizer is not loaded yet. */
   shapes: QueryShapes | null = null;
   normalizer: Normalizer | null = null;

@@ -115,7 +115,7 @@ function expected(user: string): string {
 
 const counts = () => ({
   tls: logsWith(px.logs, 'TLS established').length,
-  scramOk: px.postern.ctx.logins.get('scram-sha-256/ok') ?? 0,
+  scramOk: px.postern.ctx.stats.logins.get('scram-sha-256/ok') ?? 0,
 });
 
 for (const { user, password, source } of [
@@ -143,9 +143,9 @@ test('pgjdbc with a wrong password gets 28P01 from Postern', async () => {
 
 test('pgjdbc verify-full against a CA that did not sign Postern’s certificate fails before authentication', async () => {
   const other = await generateCerts(join(dir, 'other-ca'));
-  const before = px.postern.ctx.logins.get('scram-sha-256/ok') ?? 0;
+  const before = px.postern.ctx.stats.logins.get('scram-sha-256/ok') ?? 0;
   const r = await scramLogin(jdbcUrl('verify-full', other.ca.cert), 'jdbc_query', PW.query);
   assert.equal(r.code, 1, `${r.stdout}${r.stderr}`);
   assert.match(r.stdout, /^error 08006 .*SSL/m);
-  assert.equal(px.postern.ctx.logins.get('scram-sha-256/ok') ?? 0, before);
+  assert.equal(px.postern.ctx.stats.logins.get('scram-sha-256/ok') ?? 0, before);
 });

@@ -174,7 +174,7 @@ test('auth_query through a SECURITY DEFINER function: SCRAM-PLUS at Postern, pas
   assert.equal(r.code, 0, r.stderr);
   // The server saw `app` over TLS: Postern logged in with the keys recovered from psql's proof.
   assert.equal(r.stdout.trim(), 'app true');
-  assert.equal(p.postern.ctx.logins.get('scram-sha-256/ok'), 1);
+  assert.equal(p.postern.ctx.stats.logins.get('scram-sha-256/ok'), 1);
   assert.ok(p.postern.ctx.lookupCache.get('app@appdb')?.secret?.kind === 'scram', 'the looked-up secret is cached');
 
   const wrong = await tryLogin(p.port, 'app', 'not-the-password');
@@ -207,7 +207,7 @@ test('rolvaliduntil: an expired (or -infinity) password is refused by Postern wi
   // Refused by Postern itself, not by the server after a passthrough login.
   assert.equal(logsWith(p.logs, 'password authentication failed').filter((l) => l.user === 'old').length, 2);
   assert.equal(logsWith(p.logs, 'server login failed').length, 0);
-  assert.equal(p.postern.ctx.loginFailures.get('bad_password'), 2);
+  assert.equal(p.postern.ctx.stats.loginFailures.get('bad_password'), 2);
 });
 
 test('password rotation with auth_query: open sessions live on, the new password works, the old one is refused', async (t) => {
@@ -346,8 +346,8 @@ test('throttling: after 3 failures the next login from the address is held, then
   }
   assert.ok(fourth.ms >= 290, `held for the throttle delay (took ${fourth.ms.toFixed(0)} ms)`);
   assert.equal(throttle.throttledTotal, before + 1);
-  assert.ok((p.postern.ctx.loginFailures.get('bad_password') ?? 0) >= 3);
-  assert.ok((p.postern.ctx.loginFailures.get('throttled') ?? 0) >= 1);
+  assert.ok((p.postern.ctx.stats.loginFailures.get('bad_password') ?? 0) >= 3);
+  assert.ok((p.postern.ctx.stats.loginFailures.get('throttled') ?? 0) >= 1);
   assert.deepEqual(throttle.throttledAddresses(), ['127.0.0.1']);
 });
 
@@ -397,7 +397,7 @@ test('drivers log in with SCRAM at Postern over TLS: pg with channel binding (sc
   } finally {
     await c.end();
   }
-  assert.equal(p.postern.ctx.logins.get('scram-sha-256-plus/ok'), 1);
+  assert.equal(p.postern.ctx.stats.logins.get('scram-sha-256-plus/ok'), 1);
   assert.equal(tlsSessions(), 1);
 
   const sql = postgres({
@@ -417,7 +417,7 @@ test('drivers log in with SCRAM at Postern over TLS: pg with channel binding (sc
   } finally {
     await sql.end({ timeout: 5 });
   }
-  assert.equal(p.postern.ctx.logins.get('scram-sha-256/ok'), 1);
+  assert.equal(p.postern.ctx.stats.logins.get('scram-sha-256/ok'), 1);
   assert.equal(tlsSessions(), 2);
-  assert.equal(p.postern.ctx.loginFailures.size, 0);
+  assert.equal(p.postern.ctx.stats.loginFailures.size, 0);
 });

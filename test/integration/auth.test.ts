@@ -201,13 +201,13 @@ describe('other methods', () => {
 });
 
 test('counters by method and outcome; no password in any log line', () => {
-  const logins = px.postern.ctx.logins;
+  const logins = px.postern.ctx.stats.logins;
   assert.ok((logins.get('scram-sha-256/ok') ?? 0) >= 2, JSON.stringify([...logins]));
   assert.ok((logins.get('scram-sha-256/fail') ?? 0) >= 2);
   assert.ok((logins.get('cert/ok') ?? 0) >= 1);
   assert.ok((logins.get('md5/ok') ?? 0) >= 1);
   assert.ok((logins.get('reject/fail') ?? 0) >= 1);
-  const failures = px.postern.ctx.loginFailures;
+  const failures = px.postern.ctx.stats.loginFailures;
   assert.ok((failures.get('bad_password') ?? 0) >= 2);
   assert.ok((failures.get('no_hba_match') ?? 0) >= 1);
   const all = px.logs.join('\n');

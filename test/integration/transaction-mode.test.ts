@@ -95,7 +95,7 @@ test('SET / RESET of a setting the server does not report is carried to every se
   await d.connect();
   await c.query(`set work_mem = '9MB'`);
   for (let i = 0; i < 15; i++) assert.equal((await d.query(`select current_setting('work_mem') as v`)).rows[0].v, '4MB');
-  assert.equal(px.postern.ctx.pins.size, 0, 'nothing pinned by SET');
+  assert.equal(px.postern.ctx.stats.pins.size, 0, 'nothing pinned by SET');
   await c.end();
   await d.end();
 });
@@ -111,7 +111,7 @@ test('SQL PREPARE / EXECUTE: the client is pinned and its statement keeps workin
     pids.add(await pid(c));
   }
   assert.equal(pids.size, 1, 'pinned to one server connection');
-  assert.equal(px.postern.ctx.pins.get('PREPARE'), 1);
+  assert.equal(px.postern.ctx.stats.pins.get('PREPARE'), 1);
   const [only] = pids;
   await c.end();
   // The pinned connection carried session state: it is closed, never lent on.
@@ -134,7 +134,7 @@ test('LISTEN / NOTIFY: the listener is pinned and hears notifications sent by ot
   await sender.query(`select pg_notify('jobs', 'two')`);
   await waitUntil(() => heard.length === 2, 10_000, 'two notifications');
   assert.deepEqual(heard, ['jobs:one', 'jobs:two']);
-  assert.equal(px.postern.ctx.pins.get('LISTEN'), 1);
+  assert.equal(px.postern.ctx.stats.pins.get('LISTEN'), 1);
   await listener.end();
   await sender.end();
 });
@@ -170,7 +170,7 @@ test('session advisory lock, temporary table, WITH HOLD cursor, SET ROLE: pinned
   await role.query('set role other_role');
   for (let i = 0; i < 5; i++) assert.equal((await role.query('select current_user as u')).rows[0].u, 'other_role');
 
-  const pins = px.postern.ctx.pins;
+  const pins = px.postern.ctx.stats.pins;
   assert.equal(pins.get('session advisory lock'), 1);
   assert.equal(pins.get('temporary table'), 1);
   assert.equal(pins.get('WITH HOLD cursor'), 1);
