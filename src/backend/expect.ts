@@ -81,6 +81,22 @@ export interface LedgerOwner {
   failed?(ledger: Ledger, at: number, buf: Buffer, start: number, end: number): void;
 }
 
+/**
+ * Who wants to know how the client's statements ended (the statistics
+ * tracker). Each client Execute and Query gets an ordinal, in the order the
+ * client sent them (counting the ones the server ignores), and exactly one
+ * end: `done` (it ran; its CommandComplete tags and error came first through
+ * `rows` and `error`) or `gone` (it never ran).
+ */
+export interface LedgerWatcher {
+  /** A client Execute or Query is sent (or ignored by the server): its ordinal, from the watcher's own count. */
+  sent(): number;
+  rows(ordinal: number, buf: Buffer, start: number, end: number): void;
+  error(ordinal: number, buf: Buffer, start: number, end: number): void;
+  done(ordinal: number): void;
+  gone(ordinal: number): void;
+}
+
 /** Where the frames that belong to the linked client go. */
 export interface LedgerRoute {
   toClient(buf: Buffer, start: number, end: number): void;
@@ -129,6 +145,8 @@ export class Ledger {
   #num = new Float64Array(16);
   #obj: (object | null)[] = new Array(16).fill(null);
   #str: (string | null)[] = new Array(16).fill(null);
+  /** The watcher's ordinal of a client Execute/Query, -1 for anything else. */
+  #ord = new Int32Array(16).fill(-1);
   #head = 0;
   #count = 0;
   /** Sequence numbers: requests ever queued, and ever left (the head's sequence number is `popped`). */
@@ -151,6 +169,8 @@ export class Ledger {
   txStatus: number = TX.Idle;
   /** Where the linked client's frames go; swallowed ones go to their owners. */
   route: LedgerRoute = NO_ROUTE;
+  /** Sees how the client's statements end (see LedgerWatcher); null: nobody. */
+  watcher: LedgerWatcher | null = null;
   /** Called when `special` or `swallowingHead` changes: the link adjusts what it reads whole. */
   onShape: (() => void) | null = null;
   #shapeSpecial = false;
@@ -249,6 +269,8 @@ export class Ledger {
 
   /** A message the server reads without answering (see `ignores`) was sent: the state it changes. */
   ignored(type: number): void {
+    const w = this.watcher;
+    if (w !== null && (type === FE.Execute || type === FE.Query)) w.gone(w.sent());
     if (this.#skipping) return;
     if (this.#copyIn && type !== FE.Flush && type !== FE.Sync) {
       // Consumed by the COPY, which fails: its error and ReadyForQuery (or skip) follow.
@@ -278,6 +300,7 @@ export class Ledger {
     this.#num[at] = num;
     this.#obj[at] = obj;
     this.#str[at] = str;
+    this.#ord[at] = who === WHO.Client && (kind === REQ.Execute || kind === REQ.Query) && this.watcher !== null ? this.watcher.sent() : -1;
     this.#count++;
     this.#pushed++;
     if (endsWithReady(kind)) {
@@ -296,6 +319,7 @@ export class Ledger {
    * no longer written.
    */
   disown(): void {
+    this.watcher = null;
     const mask = this.#kind.length - 1;
     for (let i = 0; i < this.#count; i++) {
       const at = (this.#head + i) & mask;
@@ -396,6 +420,7 @@ export class Ledger {
       case BE.ErrorResponse:
         this.#copyIn = false;
         this.#owner[at]?.failed?.(this, at, buf, start, end);
+        this.#blame(buf, start, end);
         if (endsWithReady(kind)) this.#headFailed = true;
         else {
           done = true;
@@ -413,6 +438,9 @@ export class Ledger {
       default:
         throw new ProtocolViolation(VIOLATION.Malformed, `unexpected message type ${String.fromCharCode(type)} from the server`);
     }
+    const ord = this.#ord[at] as number;
+    if (ord >= 0 && this.watcher !== null && (type === BE.CommandComplete || type === BE.EmptyQueryResponse || type === BE.PortalSuspended))
+      this.watcher.rows(ord, buf, start, end);
     if (toClient) {
       if (!peeked) this.route.toClient(buf, start, end);
     } else this.#owner[at]?.frame?.(this, at, type, buf, start, end);
@@ -432,6 +460,31 @@ export class Ledger {
     }
     this.#drain();
     this.#reshape();
+  }
+
+  /**
+   * An ErrorResponse for the head: the watcher hears it as the error of the
+   * client statement it ends. A Query's is its own; in the extended protocol
+   * it is the Execute's at the head or, when a Parse/Bind/Describe before it
+   * failed, of the first Execute of the segment (the statement that failed).
+   */
+  #blame(buf: Buffer, start: number, end: number): void {
+    const w = this.watcher;
+    if (w === null) return;
+    const mask = this.#kind.length - 1;
+    for (let i = 0; i < this.#count; i++) {
+      const at = (this.#head + i) & mask;
+      const k = this.#kind[at] as number;
+      if (i > 0 && (k === REQ.Sync || endsWithReady(k))) return;
+      const ord = this.#ord[at] as number;
+      if (ord >= 0) {
+        w.error(ord, buf, start, end);
+        // That statement ended here (an earlier request's failure is its failure): done, not gone.
+        if (i > 0 || k === REQ.Execute) this.#ord[at] = -2 - ord;
+        return;
+      }
+      if (endsWithReady(k)) return;
+    }
   }
 
   /** A frame with nothing queued: asynchronous ones go to the client; anything else answers nothing. */
@@ -515,6 +568,7 @@ export class Ledger {
     const k = this.#kind[at] as number;
     if (endsWithReady(k)) this.#boundaries--;
     this.#owner[at]?.dropped(this, at);
+    this.#ended(at, false);
     this.#release(at);
     this.#kind[at] = REQ.Free;
   }
@@ -524,7 +578,20 @@ export class Ledger {
     const at = this.#head;
     this.#headFailed = false;
     this.#owner[at]?.settled(this, at, ok);
+    this.#ended(at, true);
     this.#pop();
+  }
+
+  /** The watcher hears how a client statement ended; `ran`: it was answered, else it never ran. */
+  #ended(at: number, ran: boolean): void {
+    const ord = this.#ord[at] as number;
+    this.#ord[at] = -1;
+    const w = this.watcher;
+    if (w === null || ord === -1) return;
+    // -2 - n: blamed for an earlier request's error, so it ran (and failed).
+    if (ord <= -2) w.done(-2 - ord);
+    else if (ran) w.done(ord);
+    else w.gone(ord);
   }
 
   /**
@@ -555,6 +622,7 @@ export class Ledger {
     for (let i = n - 1; i >= 0; i--) {
       const at = (this.#head + i) & mask;
       if (this.#kind[at] !== REQ.Free) this.#owner[at]?.dropped(this, at);
+      this.#ended(at, false);
     }
     for (let i = 0; i < n; i++) this.#pop();
   }
@@ -569,6 +637,7 @@ export class Ledger {
     for (let i = n - 1; i >= 1; i--) {
       const at = (this.#head + i) & mask;
       if (this.#kind[at] !== REQ.Free) this.#owner[at]?.dropped(this, at);
+      this.#ended(at, false);
     }
     this.#settle(false);
     for (let i = 1; i < n; i++) this.#pop();
@@ -606,6 +675,7 @@ export class Ledger {
     const num = new Float64Array(size * 2);
     const obj: (object | null)[] = new Array(size * 2).fill(null);
     const str: (string | null)[] = new Array(size * 2).fill(null);
+    const ord = new Int32Array(size * 2).fill(-1);
     for (let i = 0; i < this.#count; i++) {
       const at = (this.#head + i) & mask;
       kind[i] = this.#kind[at] as number;
@@ -615,6 +685,7 @@ export class Ledger {
       num[i] = this.#num[at] as number;
       obj[i] = this.#obj[at] ?? null;
       str[i] = this.#str[at] ?? null;
+      ord[i] = this.#ord[at] as number;
     }
     this.#kind = kind;
     this.#who = who;
@@ -623,6 +694,7 @@ export class Ledger {
     this.#num = num;
     this.#obj = obj;
     this.#str = str;
+    this.#ord = ord;
     this.#head = 0;
   }
 }

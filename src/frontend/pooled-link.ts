@@ -373,6 +373,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     const ledger = conn.ledger;
     ledger.route = this;
     ledger.onShape = this.#reshape;
+    this.#shell.statements.watch(ledger);
     conn.attach(this, this.#inspectFor(ledger), SERVER_PEEK);
     if (this.#rw !== null) {
       conn.statements ??= new ServerStatements(this.#ctx.config.pool.max_prepared_statements);
@@ -1005,6 +1006,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     this.#countServerParses(conn);
     this.#rw?.detach();
     conn.ledger.onShape = null;
+    conn.ledger.watcher = null;
     conn.lastClient = this.id;
     if (conn.settingsOf === this.settings && conn.settingsVersion !== this.settings.version) conn.settingsOf = null;
     for (const v of conn.custom.values())

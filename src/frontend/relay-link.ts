@@ -9,6 +9,7 @@
 // The server's end ends the session.
 
 import { ServerConnectError } from '../backend/connect.ts';
+import { type Ledger, type Req, requestOf, WHO } from '../backend/expect.ts';
 import { ServerConn, type ServerLink } from '../backend/server-conn.ts';
 import type { Context } from '../context.ts';
 import type { Logger } from '../observability/log.ts';
@@ -39,8 +40,36 @@ const SERVER_INSPECT_STARTUP = typeTable([
 ]);
 /** Steady state: only errors, to know whether the server said goodbye before closing. */
 const SERVER_INSPECT_ACTIVE = typeTable([BE.ErrorResponse]);
-/** Server frames shown to the statistics tracker while they are forwarded. */
-const SERVER_PEEK = typeTable([BE.CommandComplete, BE.EmptyQueryResponse, BE.PortalSuspended, BE.ReadyForQuery, BE.ErrorResponse]);
+/**
+ * Server frames looked at while they are forwarded, once active: those that
+ * end a request (the connection's ledger, which tells the statistics tracker
+ * how each statement ended) and ReadyForQuery (cycles).
+ */
+const SERVER_PEEK = typeTable([
+  BE.ParseComplete,
+  BE.BindComplete,
+  BE.CloseComplete,
+  BE.RowDescription,
+  BE.NoData,
+  BE.CommandComplete,
+  BE.EmptyQueryResponse,
+  BE.PortalSuspended,
+  BE.CopyInResponse,
+  BE.ReadyForQuery,
+]);
+/** Client frames that earn an answer: the ledger queues them as their headers go by. */
+const CLIENT_REQUESTS = typeTable([
+  FE.Parse,
+  FE.Bind,
+  FE.Describe,
+  FE.Execute,
+  FE.Close,
+  FE.Sync,
+  FE.Query,
+  FE.FunctionCall,
+  FE.CopyDone,
+  FE.CopyFail,
+]);
 /** While relaying auth: SASLInitialResponse too (to catch a channel-binding downgrade the server would refuse). */
 const CLIENT_INSPECT_RELAY = typeTable([FE.Terminate, FE.Password]);
 const CLIENT_INSPECT_ACTIVE = typeTable([FE.Terminate]);
@@ -75,6 +104,8 @@ export interface RelayHost {
   active(): void;
   outcome(ok: boolean, reason: string | null): void;
   observeServer(type: number, buf: Buffer, start: number, end: number): void;
+  /** The statistics tracker follows this connection's ledger. */
+  watch(ledger: Ledger): void;
   countError(code: string | undefined): void;
   countViolation(who: 'client' | 'server', kind: string): void;
 }
@@ -92,6 +123,12 @@ export class RelayLink implements ServerLink {
   #saslRequested = false;
   #active = false;
   #closed = false;
+  /**
+   * The connection's ledger could not follow this session (a replication
+   * session's CopyBoth, anything it cannot place): statistics stop for it.
+   * The server is the authority on a relayed session; Postern only relays.
+   */
+  #ledgerOff = false;
 
   constructor(host: RelayHost, startup: Startup, requestMinor: number) {
     this.#host = host;
@@ -155,6 +192,32 @@ export class RelayLink implements ServerLink {
     this.#toServer(buf, start, end);
   }
 
+  /** A client request's header went by (active): the connection's ledger queues what it will earn. */
+  onClientCount(type: number): void {
+    const ledger = this.#server?.ledger;
+    if (ledger === undefined || this.#ledgerOff || !this.#active) return;
+    if (ledger.ignores(type)) ledger.ignored(type);
+    else {
+      const kind = requestOf(type);
+      if (kind >= 0) ledger.push(kind as Req, WHO.Client, null);
+    }
+  }
+
+  /** A server frame the ledger should place (it is forwarded here, not by the ledger). */
+  #feed(type: number, buf: Buffer, start: number, end: number): void {
+    const ledger = this.#server?.ledger;
+    if (ledger === undefined || this.#ledgerOff) return;
+    try {
+      ledger.onServerFrame(type, buf, start, end, true);
+    } catch (e) {
+      if (!(e instanceof ProtocolViolation)) throw e;
+      this.#ledgerOff = true;
+      ledger.watcher = null;
+      ledger.abandon();
+      this.#host.debug({ detail: e.message }, 'statement statistics stop for this relayed session');
+    }
+  }
+
   onClientDrain(): void {
     this.#server?.resume();
   }
@@ -199,6 +262,7 @@ export class RelayLink implements ServerLink {
 
   onServerPeek(type: number, buf: Buffer, start: number, end: number): void {
     this.#host.observeServer(type, buf, start, end);
+    this.#feed(type, buf, start, end);
   }
 
   onServerMessage(type: number, buf: Buffer, start: number, end: number): void {
@@ -212,13 +276,12 @@ export class RelayLink implements ServerLink {
 
   #serverMessage(type: number, buf: Buffer, start: number, end: number): void {
     if (this.#active) {
-      // Frames the tracker peeks at elsewhere arrive here when they are inspected anyway.
-      if (SERVER_PEEK[type] === 1) this.#host.observeServer(type, buf, start, end);
       if (type === BE.ErrorResponse) {
         const e = decodeNotice(buf, start, end);
         if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
           this.#serverSaidFatal = true;
         this.#host.countError(e.code);
+        this.#feed(type, buf, start, end);
       }
       this.#toClient(buf, start, end);
       return;
@@ -282,6 +345,8 @@ export class RelayLink implements ServerLink {
         this.#active = true;
         this.#host.stream.setInspect(CLIENT_INSPECT_ACTIVE);
         this.#host.active();
+        this.#host.stream.setCount(CLIENT_REQUESTS);
+        if (this.#server !== null) this.#host.watch(this.#server.ledger);
         return;
       }
       case BE.NegotiateProtocolVersion:

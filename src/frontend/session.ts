@@ -357,6 +357,7 @@ export class ClientSession implements SessionHandle {
         this.#loginOutcome = { ok, reason };
       },
       observeServer: (type, buf, start, end) => this.#statements.server(type, buf, start, end),
+      watch: (ledger) => this.#statements.watch(ledger),
       countError: (code) => this.#countError(code),
       countViolation: (who, kind) => this.#ctx.count(this.#ctx.stats.violations, `${who}/${kind}`),
     };
@@ -500,7 +501,9 @@ export class ClientSession implements SessionHandle {
         this.#relay.onClientRun(buf, start, end);
     },
     onCount: (type) => {
-      if (this.#state === STATE.Active) this.#pooled?.onClientCount(type);
+      if (this.#state !== STATE.Active) return;
+      if (this.#pooled !== null) this.#pooled.onClientCount(type);
+      else this.#relay?.onClientCount(type);
     },
     onMessage: (type, buf, start, end) => {
       if (type === FE.Terminate) {

@@ -7,6 +7,7 @@
 // statement, so an idle client holds none) and the links' session features
 // (pooled-link.ts); the policy engine's deciders come next.
 
+import type { Ledger } from '../backend/expect.ts';
 import type { Context } from '../context.ts';
 import { FE } from '../protocol/codes.ts';
 import type { TrafficStats } from '../stats/registry.ts';
@@ -58,9 +59,15 @@ export class StatementHook {
     this.#tracker.onClientFrame(type, buf, start, end);
   }
 
-  /** A server frame that may end a statement (CommandComplete, ReadyForQuery, ErrorResponse ...) of the client's own requests. */
+  /** A server frame the client gets (the tracker reads its ReadyForQuery for the query and transaction cycles). */
   server(type: number, buf: Buffer, start: number, end: number): void {
     this.#tracker?.onServerFrame(type, buf, start, end);
+  }
+
+  /** The server connection that serves the client now: its ledger tells the tracker how each statement ended. */
+  watch(ledger: Ledger): void {
+    this.#tracker ??= new QueryTracker(this.#sink, this.#host.ctx.stats.wantsTextFn);
+    ledger.watcher = this.#tracker;
   }
 
   /** Where the tracker reports finished statements and query/transaction cycles. */

@@ -4,16 +4,14 @@
 // (text, duration, rows, SQLSTATE) and each query / transaction cycle
 // (PgBouncer's query and xact times) to its sink.
 //
-// Protocol facts relied on (https://www.postgresql.org/docs/current/protocol-flow.html):
-//   - The server answers in order. Every Query, Sync and FunctionCall earns
-//     exactly one ReadyForQuery; each Execute ends with one CommandComplete,
-//     EmptyQueryResponse or PortalSuspended, unless an error ends it first.
-//   - After an error in the extended protocol the server discards messages up
-//     to the next Sync, so Executes still pending at that Sync's ReadyForQuery
-//     never ran and are dropped, not reported.
-// Hence one FIFO of what the server still owes: Execute records, Query
-// records (finished by their ReadyForQuery) and Sync/FunctionCall markers
-// (which bound a ReadyForQuery's reach).
+// Which answer ends which statement is not decided here: the server
+// connection's ledger (backend/expect.ts) knows what the server owes and
+// tells the tracker, as its LedgerWatcher, how each client Execute and Query
+// ended, by ordinal (their order in what the client sent). The tracker
+// keeps only what the ledger does not: the statements' texts and start
+// times (from the client frames, numbered in the same order), their rows
+// (CommandComplete tags) and SQLSTATE, and the query/transaction cycles
+// (from ReadyForQuery).
 //
 // Message layouts: https://www.postgresql.org/docs/current/protocol-message-formats.html
 // Every read is bounded by the frame's end; a frame too short or missing a
@@ -28,24 +26,12 @@ export interface TrackerSink {
   onCycle(queryUs: number, xactUs: number): void;
 }
 
-// What a pending record stands for.
-const KIND = {
-  /** An Execute: finished by its CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse. */
-  Execute: 0,
-  /** A Query: rows summed over its CommandCompletes, finished by its ReadyForQuery. */
-  Query: 1,
-  /** A Sync or FunctionCall: the ReadyForQuery it earns drops the Executes queued before it. */
-  Sync: 2,
-} as const;
-type Kind = (typeof KIND)[keyof typeof KIND];
-
-/** A slot of the pending ring; slots are reused, not allocated per message. */
-class Pending {
-  kind: Kind = KIND.Sync;
-  text = '';
-  startedAt = 0;
-  rows = 0;
-  sqlstate: string | null = null;
+/** A client statement that was sent and has not ended yet. */
+interface Pending {
+  text: string;
+  startedAt: number;
+  rows: number;
+  sqlstate: string | null;
 }
 
 /**
@@ -56,10 +42,9 @@ class Pending {
 export const MAX_NAMES = 10_000;
 
 /**
- * Pending records beyond which the queue is dropped. The server answers in
- * order and backpressure stops a client that does not read, so a real queue
- * stays near the pipeline depth; this only guards against the tracker being
- * out of step (ReadyForQuery frames it was not shown).
+ * Statements pending beyond which the oldest are forgotten. Backpressure
+ * stops a client that does not read, so this stays near the pipeline depth;
+ * it only guards against a ledger that is not watched any more.
  */
 const MAX_PENDING = 1 << 18;
 
@@ -117,6 +102,7 @@ function remember(map: Map<string, string>, name: string, text: string): void {
   }
 }
 
+/** Watches a ledger (backend/expect.ts LedgerWatcher, by shape: stats does not import backend). */
 export class QueryTracker {
   readonly #sink: TrackerSink;
   readonly #wantsText: boolean | (() => boolean);
@@ -131,10 +117,13 @@ export class QueryTracker {
   #unnamedPortal = '';
   readonly #portals = new Map<string, string>();
 
-  // Ring of pending records: #count records from #head, capacity a power of two.
-  #ring: Pending[] = [new Pending(), new Pending(), new Pending(), new Pending()];
-  #head = 0;
-  #count = 0;
+  /** Statements sent, by ordinal (the n-th Execute or Query the client sent). */
+  readonly #pending = new Map<number, Pending>();
+  #nextOrdinal = 0;
+  /** Ordinals handed to the ledger (the same frames, counted on the ledger's side: at their header or later). */
+  #ledgerOrdinal = 0;
+  /** Ends the ledger reported before the tracker saw the client frame (a header counted before the frame was whole). */
+  readonly #early = new Map<number, 'done' | 'gone' | Pending>();
 
   // Cycles. #cycleOpen: a client frame came since the last ReadyForQuery.
   #cycleOpen = false;
@@ -171,15 +160,14 @@ export class QueryTracker {
     }
     switch (type) {
       case FE.Query: {
+        let text = '';
         // The string's terminator ends the frame: checked in O(1), so a
         // tracker that wants no text never scans the query.
-        if (buf[end - 1] !== NUL) return;
-        let text = '';
-        if (this.#wants()) {
+        if (buf[end - 1] === NUL && this.#wants()) {
           const textEnd = cstringEnd(buf, start + HEADER, end);
           if (textEnd > start + HEADER) text = buf.toString('utf8', start + HEADER, textEnd);
         }
-        this.#push(KIND.Query, text, now < 0 ? performance.now() : now);
+        this.#sent(text, now < 0 ? performance.now() : now);
         return;
       }
       case FE.Parse:
@@ -189,52 +177,97 @@ export class QueryTracker {
         if (this.#wants()) this.#bind(buf, start, end);
         return;
       case FE.Execute: {
-        const nameEnd = cstringEnd(buf, start + HEADER, end);
-        if (nameEnd < 0) return;
         let text = '';
         if (this.#wants()) {
-          text =
-            nameEnd === start + HEADER ? this.#unnamedPortal : (this.#portals.get(buf.toString('latin1', start + HEADER, nameEnd)) ?? '');
+          const nameEnd = cstringEnd(buf, start + HEADER, end);
+          if (nameEnd >= 0)
+            text =
+              nameEnd === start + HEADER ? this.#unnamedPortal : (this.#portals.get(buf.toString('latin1', start + HEADER, nameEnd)) ?? '');
         }
-        this.#push(KIND.Execute, text, now < 0 ? performance.now() : now);
+        this.#sent(text, now < 0 ? performance.now() : now);
         return;
       }
-      case FE.Sync:
-      case FE.FunctionCall:
-        this.#push(KIND.Sync, '', 0);
-        return;
       case FE.Close:
         this.#close(buf, start, end);
         return;
       default:
-      // Describe and the rest: only the start of a cycle.
+      // Describe, Sync, FunctionCall and the rest: only the start of a cycle.
     }
   }
 
-  /** A whole server frame, header included, at buf[start, end). */
+  /** A client Execute or Query went to the server: the next ordinal is its own. */
+  #sent(text: string, startedAt: number): void {
+    const ord = this.#nextOrdinal++;
+    const p: Pending = { text, startedAt, rows: 0, sqlstate: null };
+    const early = this.#early.get(ord);
+    if (early !== undefined) {
+      this.#early.delete(ord);
+      if (early === 'gone') return;
+      if (early !== 'done') {
+        p.rows = early.rows;
+        p.sqlstate = early.sqlstate;
+        this.#pending.set(ord, p);
+        return;
+      }
+      this.#report(p.text, performance.now() - p.startedAt, p.rows, p.sqlstate);
+      return;
+    }
+    if (this.#pending.size >= MAX_PENDING) this.#pending.clear();
+    this.#pending.set(ord, p);
+  }
+
+  /** A server frame the client gets, header included, at buf[start, end): only ReadyForQuery matters here (cycles). */
   onServerFrame(type: number, buf: Buffer, start: number, end: number): void {
-    if (!(start >= 0 && end <= buf.length && end - start >= HEADER)) return;
-    switch (type) {
-      case BE.CommandComplete:
-        this.#complete(this.#count > 0 ? tagRows(buf, start, end) : 0);
-        return;
-      case BE.EmptyQueryResponse:
-      case BE.PortalSuspended:
-        this.#complete(0);
-        return;
-      case BE.ErrorResponse:
-        this.#error(buf, start, end);
-        return;
-      case BE.ReadyForQuery:
-        if (end - start > HEADER) this.#ready(buf[start + HEADER]!);
-        return;
-      default:
-    }
+    if (type !== BE.ReadyForQuery || !(start >= 0 && end <= buf.length && end - start > HEADER)) return;
+    this.#ready(buf[start + HEADER]!);
   }
 
-  /** Forgets pending executions and the current cycle (the session hands its server back). Statement names stay: they belong to the client. */
+  // ---------------------------------------------------------------- LedgerWatcher
+
+  sent(): number {
+    return this.#ledgerOrdinal++;
+  }
+
+  #record(ord: number): Pending {
+    let p = this.#pending.get(ord);
+    if (p === undefined) {
+      // The ledger is ahead of the frame (counted at its header): keep what it says for the frame.
+      const e = this.#early.get(ord);
+      if (e !== undefined && e !== 'done' && e !== 'gone') return e;
+      p = { text: '', startedAt: 0, rows: 0, sqlstate: null };
+      this.#early.set(ord, p);
+    }
+    return p;
+  }
+
+  rows(ordinal: number, buf: Buffer, start: number, end: number): void {
+    if (buf[start] === BE.CommandComplete) this.#record(ordinal).rows += tagRows(buf, start, end);
+  }
+
+  error(ordinal: number, buf: Buffer, start: number, end: number): void {
+    const p = this.#record(ordinal);
+    // A Query stops at its first error; keep that one.
+    p.sqlstate ??= errorCode(buf, start, end);
+  }
+
+  done(ordinal: number): void {
+    const p = this.#pending.get(ordinal);
+    if (p === undefined) {
+      if (ordinal >= this.#nextOrdinal) this.#early.set(ordinal, this.#early.get(ordinal) ?? 'done');
+      return;
+    }
+    this.#pending.delete(ordinal);
+    this.#report(p.text, performance.now() - p.startedAt, p.rows, p.sqlstate);
+  }
+
+  gone(ordinal: number): void {
+    if (!this.#pending.delete(ordinal) && ordinal >= this.#nextOrdinal) this.#early.set(ordinal, 'gone');
+  }
+
+  /** Forgets pending executions and the current cycle (the session hands its server back mid-work). Statement names stay: they belong to the client. */
   reset(): void {
-    this.#dropPending();
+    this.#pending.clear();
+    this.#early.clear();
     this.#unnamedPortal = '';
     this.#portals.clear();
     this.#cycleOpen = false;
@@ -286,41 +319,8 @@ export class QueryTracker {
     }
   }
 
-  // CommandComplete, EmptyQueryResponse, PortalSuspended.
-  #complete(rows: number): void {
-    if (this.#count === 0) return;
-    const p = this.#ring[this.#head]!;
-    if (p.kind === KIND.Execute) {
-      this.#report(p.text, performance.now() - p.startedAt, rows, null);
-      this.#shift();
-    } else if (p.kind === KIND.Query) p.rows += rows;
-    // At a Sync marker: an answer to something we never saw start; ignored.
-  }
-
-  #error(buf: Buffer, start: number, end: number): void {
-    if (this.#count === 0) return;
-    const p = this.#ring[this.#head]!;
-    if (p.kind === KIND.Execute) {
-      // Also an error of a Parse or Bind before this Execute: the statement failed.
-      this.#report(p.text, performance.now() - p.startedAt, 0, errorCode(buf, start, end));
-      this.#shift();
-    } else if (p.kind === KIND.Query) {
-      // A Query stops at its first error; keep that one.
-      p.sqlstate ??= errorCode(buf, start, end);
-    }
-    // At a Sync marker (e.g. a failed Parse with no Execute): no statement to blame.
-  }
-
   #ready(status: number): void {
     const now = performance.now();
-    // Drop the Executes this ReadyForQuery's Sync skipped; finish its Query.
-    while (this.#count > 0) {
-      const p = this.#ring[this.#head]!;
-      const kind = p.kind;
-      if (kind === KIND.Query) this.#report(p.text, now - p.startedAt, p.rows, p.sqlstate);
-      this.#shift();
-      if (kind !== KIND.Execute) break;
-    }
     const queryUs = this.#cycleOpen ? (now - this.#cycleStart) * 1000 : 0;
     let xactUs = -1;
     this.#idle = status === TX.Idle;
@@ -335,39 +335,5 @@ export class QueryTracker {
   #report(text: string, durationMs: number, rows: number, sqlstate: string | null): void {
     this.statements++;
     this.#sink.onStatement(text, durationMs * 1000, rows, sqlstate);
-  }
-
-  #push(kind: Kind, text: string, startedAt: number): void {
-    if (this.#count >= MAX_PENDING) this.#dropPending();
-    if (this.#count === this.#ring.length) this.#grow();
-    const p = this.#ring[(this.#head + this.#count) & (this.#ring.length - 1)]!;
-    p.kind = kind;
-    p.text = text;
-    p.startedAt = startedAt;
-    p.rows = 0;
-    p.sqlstate = null;
-    this.#count++;
-  }
-
-  #dropPending(): void {
-    while (this.#count > 0) this.#shift();
-    this.#head = 0;
-  }
-
-  #shift(): void {
-    const p = this.#ring[this.#head]!;
-    // Release the text now rather than when the slot is reused.
-    p.text = '';
-    this.#head = (this.#head + 1) & (this.#ring.length - 1);
-    this.#count--;
-  }
-
-  #grow(): void {
-    const old = this.#ring;
-    const ring: Pending[] = new Array(old.length * 2);
-    for (let i = 0; i < old.length; i++) ring[i] = old[(this.#head + i) & (old.length - 1)]!;
-    for (let i = old.length; i < ring.length; i++) ring[i] = new Pending();
-    this.#ring = ring;
-    this.#head = 0;
   }
 }

@@ -8,7 +8,9 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it, mock } from 'node:test';
 import fc from 'fast-check';
+import { Ledger, type Req, requestOf, WHO } from '../../src/backend/expect.ts';
 import { BE, FE } from '../../src/protocol/codes.ts';
+import { ProtocolViolation } from '../../src/protocol/violation.ts';
 import { lexerNormalize, loadNormalizer, MAX_PARSE_CHARS, Normalizer } from '../../src/stats/normalize.ts';
 import { type Execution, QueryShapes } from '../../src/stats/shapes.ts';
 import { MAX_NAMES, QueryTracker, type TrackerSink } from '../../src/stats/tracker.ts';
@@ -52,6 +54,10 @@ const F = () => frame(FE.FunctionCall, int32(1234), int16(0), int16(0), int16(0)
 
 // Server frames.
 const CC = (tag: string) => frame(BE.CommandComplete, cstr(tag));
+const PC = () => frame(BE.ParseComplete);
+const BC = () => frame(BE.BindComplete);
+const ND = () => frame(BE.NoData);
+const CLC = () => frame(BE.CloseComplete);
 const EQ = () => frame(BE.EmptyQueryResponse);
 const PS = () => frame(BE.PortalSuspended);
 const Z = (status: 'I' | 'T' | 'E') => frame(BE.ReadyForQuery, Buffer.from(status));
@@ -101,23 +107,47 @@ function embed(f: Buffer, fill: number): { buf: Buffer; start: number; end: numb
   return { buf, start: pad, end: pad + f.length };
 }
 
+/**
+ * The server connection's ledger each tracker watches, as in a session: the
+ * ledger places every answer, the tracker hears how each statement ended.
+ */
+const ledgers = new WeakMap<QueryTracker, Ledger>();
+
+/** Client frames: seen by the tracker (the statement hook), then queued in the ledger as a link would. */
 function client(t: QueryTracker, ...frames: Buffer[]): void {
+  const ledger = ledgers.get(t);
   for (const f of frames) {
     const { buf, start, end } = embed(f, 0x41);
     t.onClientFrame(f[0]!, buf, start, end);
+    if (ledger === undefined) continue;
+    const kind = requestOf(f[0]!);
+    if (ledger.ignores(f[0]!)) ledger.ignored(f[0]!);
+    else if (kind >= 0) ledger.push(kind as Req, WHO.Client, null);
   }
 }
 
+/** Server frames: the tracker sees the client's (its cycles), then the ledger places them. */
 function server(t: QueryTracker, ...frames: Buffer[]): void {
+  const ledger = ledgers.get(t);
   for (const f of frames) {
     const { buf, start, end } = embed(f, 0x39);
     t.onServerFrame(f[0]!, buf, start, end);
+    try {
+      ledger?.onServerFrame(f[0]!, buf, start, end, true);
+    } catch (e) {
+      // A frame that answers nothing (a FATAL with nothing owed is fine; anything else the scenario means as junk).
+      if (!(e instanceof ProtocolViolation)) throw e;
+    }
   }
 }
 
 function tracker(wantsText: boolean | (() => boolean) = true): { t: QueryTracker; r: Recorder } {
   const r = new Recorder();
-  return { t: new QueryTracker(r, wantsText), r };
+  const t = new QueryTracker(r, wantsText);
+  const ledger = new Ledger();
+  ledger.watcher = t;
+  ledgers.set(t, ledger);
+  return { t, r };
 }
 
 // ---------------------------------------------------------------- tracker
@@ -170,11 +200,11 @@ describe('QueryTracker', () => {
     advance(5);
     client(t, P('', 'update t set a = $1'), B('', ''), E(), S());
     advance(10);
-    server(t, CC('SELECT 1'));
+    server(t, PC(), BC(), ND(), CC('SELECT 1'));
     advance(10);
-    server(t, CC('INSERT 0 1'));
+    server(t, PC(), BC(), CC('INSERT 0 1'));
     advance(10);
-    server(t, CC('UPDATE 7'), Z('I'));
+    server(t, PC(), BC(), CC('UPDATE 7'), Z('I'));
     assert.deepEqual(r.statements, [
       { text: 'select $1', durationUs: 20, rows: 1, sqlstate: null },
       { text: 'insert into t values ($1)', durationUs: 25, rows: 1, sqlstate: null },
@@ -188,7 +218,7 @@ describe('QueryTracker', () => {
     client(t, P('', 'select 1'), B('', ''), E());
     client(t, P('', 'insert into u values (1)'), B('', ''), E());
     client(t, P('', 'select 3'), B('', ''), E(), S());
-    server(t, CC('SELECT 1'), ERR('23505'), Z('I'));
+    server(t, PC(), BC(), CC('SELECT 1'), PC(), BC(), ERR('23505'), Z('I'));
     assert.deepEqual(
       r.statements.map((s) => [s.text, s.sqlstate]),
       [
@@ -198,7 +228,7 @@ describe('QueryTracker', () => {
     );
     // The queue is in step again: the next pipeline is reported normally.
     client(t, P('', 'select 4'), B('', ''), E(), S());
-    server(t, CC('SELECT 1'), Z('I'));
+    server(t, PC(), BC(), CC('SELECT 1'), Z('I'));
     assert.equal(r.statements.length, 3);
     assert.equal(r.statements[2]!.text, 'select 4');
     assert.equal(r.cycles.length, 2);
@@ -208,7 +238,7 @@ describe('QueryTracker', () => {
   it('a failed Parse with no Execute blames nothing; the next Sync segment is unaffected', () => {
     const { t, r } = tracker();
     client(t, P('bad', 'selec 1'), S(), P('', 'select 2'), B('', ''), E(), S());
-    server(t, ERR('42601'), Z('I'), CC('SELECT 1'), Z('I'));
+    server(t, ERR('42601'), Z('I'), PC(), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(r.statements, [{ text: 'select 2', durationUs: 0, rows: 1, sqlstate: null }]);
     assert.equal(r.cycles.length, 2);
   });
@@ -217,9 +247,9 @@ describe('QueryTracker', () => {
     const { t, r } = tracker();
     client(t, P('', 'select 1'), B('', ''), E(), E(), S(), Q('select 2'), P('', 'select 3'), B('', ''), E(), S());
     // First segment: the first Execute fails, the second is skipped.
-    server(t, ERR('57014'), Z('I'));
+    server(t, PC(), BC(), ERR('57014'), Z('I'));
     server(t, CC('SELECT 1'), Z('I'));
-    server(t, CC('SELECT 1'), Z('I'));
+    server(t, PC(), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(
       r.statements.map((s) => [s.text, s.rows, s.sqlstate]),
       [
@@ -234,9 +264,9 @@ describe('QueryTracker', () => {
   it('named statements are reused across Binds, named portals too', () => {
     const { t, r } = tracker();
     client(t, P('s1', 'select a from t where id = $1'), P('s2', 'delete from t where id = $1'), S());
-    server(t, Z('I'));
+    server(t, PC(), PC(), Z('I'));
     client(t, B('', 's1'), E(), B('', 's2'), E(), B('p', 's1'), B('', 's2'), E('p'), E(''), S());
-    server(t, CC('SELECT 1'), CC('DELETE 1'), CC('SELECT 2'), CC('DELETE 0'), Z('I'));
+    server(t, BC(), CC('SELECT 1'), BC(), CC('DELETE 1'), BC(), BC(), CC('SELECT 2'), CC('DELETE 0'), Z('I'));
     assert.deepEqual(
       r.statements.map((s) => [s.text, s.rows]),
       [
@@ -251,7 +281,7 @@ describe('QueryTracker', () => {
   it('the unnamed statement is replaced by the next unnamed Parse', () => {
     const { t, r } = tracker();
     client(t, P('', 'select 1'), B('', ''), E(), P('', 'select 2'), B('', ''), E(), B('', ''), E(), S());
-    server(t, CC('SELECT 1'), CC('SELECT 1'), CC('SELECT 1'), Z('I'));
+    server(t, PC(), BC(), CC('SELECT 1'), PC(), BC(), CC('SELECT 1'), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(
       r.statements.map((s) => s.text),
       ['select 1', 'select 2', 'select 2'],
@@ -260,12 +290,22 @@ describe('QueryTracker', () => {
 
   it('Close forgets statements and portals; unknown names give an empty text', () => {
     const { t, r } = tracker();
-    client(t, P('s1', 'select 1'), B('p1', 's1'), C('S', 's1'), B('', 's1'), E(''), E('p1'), C('P', 'p1'), E('p1'), E('nope'), S());
-    server(t, CC('SELECT 1'), CC('SELECT 1'), CC('SELECT 1'), CC('SELECT 1'), Z('I'));
     // The portal bound before the Close keeps its text, as the server's portal does.
+    client(t, P('s1', 'select 1'), B('p1', 's1'), C('S', 's1'), E('p1'), C('P', 'p1'), S());
+    server(t, PC(), BC(), CLC(), CC('SELECT 1'), CLC(), Z('I'));
+    // A portal it does not know (closed, or never bound): the server refuses the Execute.
+    client(t, E('p1'), S());
+    server(t, ERR('34000'), Z('I'));
+    // A statement it does not know: the Bind fails, and with it the Execute that follows.
+    client(t, B('', 's1'), E(''), S());
+    server(t, ERR('26000'), Z('I'));
     assert.deepEqual(
-      r.statements.map((s) => s.text),
-      ['', 'select 1', '', ''],
+      r.statements.map((s) => [s.text, s.sqlstate]),
+      [
+        ['select 1', null],
+        ['', '34000'],
+        ['', '26000'],
+      ],
     );
   });
 
@@ -273,7 +313,8 @@ describe('QueryTracker', () => {
     const { t, r } = tracker();
     for (let i = 0; i <= MAX_NAMES; i++) client(t, P(`s${i}`, `select ${i}`));
     client(t, B('', 's0'), E(), B('', `s${MAX_NAMES}`), E(), B('', 's1'), E(), S());
-    server(t, CC('SELECT 1'), CC('SELECT 1'), CC('SELECT 1'), Z('I'));
+    server(t, ...Array.from({ length: MAX_NAMES + 1 }, () => PC()));
+    server(t, BC(), CC('SELECT 1'), BC(), CC('SELECT 1'), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(
       r.statements.map((s) => s.text),
       ['', `select ${MAX_NAMES}`, 'select 1'],
@@ -283,7 +324,7 @@ describe('QueryTracker', () => {
   it('PortalSuspended finishes an Execute; the next Execute of the portal is a new execution', () => {
     const { t, r } = tracker();
     client(t, P('', 'select * from big'), B('c', ''), E('c', 100), S());
-    server(t, PS(), Z('T'));
+    server(t, PC(), BC(), PS(), Z('T'));
     client(t, E('c', 100), S());
     server(t, CC('SELECT 42'), Z('T'));
     assert.deepEqual(
@@ -316,7 +357,7 @@ describe('QueryTracker', () => {
     for (const [tag, rows] of cases) {
       const { t, r } = tracker();
       client(t, P('', 'x'), B('', ''), E(), S());
-      server(t, CC(tag), Z('I'));
+      server(t, PC(), BC(), CC(tag), Z('I'));
       assert.equal(r.statements[0]!.rows, rows, tag);
     }
   });
@@ -345,7 +386,7 @@ describe('QueryTracker', () => {
     advance(3);
     client(t, E(), S());
     advance(4);
-    server(t, CC('SELECT 1'), Z('I'));
+    server(t, PC(), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(r.cycles[3], [7, 7]);
     assert.deepEqual(r.statements[3], { text: 'select 1', durationUs: 4, rows: 1, sqlstate: null });
   });
@@ -405,7 +446,7 @@ describe('QueryTracker', () => {
     advance(5);
     server(t, CC('SELECT 3'), Z('I'));
     client(t, P('s', 'select 1'), B('', 's'), E(), S());
-    server(t, CC('SELECT 1'), Z('I'));
+    server(t, PC(), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(r.statements, [
       { text: '', durationUs: 5, rows: 3, sqlstate: null },
       { text: '', durationUs: 0, rows: 1, sqlstate: null },
@@ -430,7 +471,7 @@ describe('QueryTracker', () => {
   it('texts are decoded as UTF-8', () => {
     const { t, r } = tracker();
     client(t, Q("select 'héllo ☃'"), P('ñ', 'select ☃'), B('', 'ñ'), E(), S());
-    server(t, Z('I'), CC('SELECT 1'), Z('I'));
+    server(t, Z('I'), PC(), BC(), CC('SELECT 1'), Z('I'));
     assert.deepEqual(
       r.statements.map((s) => s.text),
       ["select 'héllo ☃'", 'select ☃'],
@@ -442,11 +483,18 @@ describe('QueryTracker', () => {
     client(t, P('s', 'select 1'), B('', 's'), E());
     advance(50);
     t.reset();
-    server(t, CC('SELECT 1'), Z('I'));
+    // The session's server is gone mid-work; whatever that ledger still reports is no statement any more.
+    const old = ledgers.get(t) as Ledger;
+    old.abandon();
+    server(t, Z('I'));
     assert.equal(r.statements.length, 0);
     assert.deepEqual(r.cycles, [[0, 0]]);
+    // The next server connection, with its own ledger.
+    const next = new Ledger();
+    next.watcher = t;
+    ledgers.set(t, next);
     client(t, B('', 's'), E(), S());
-    server(t, CC('SELECT 1'), Z('I'));
+    server(t, BC(), CC('SELECT 1'), Z('I'));
     assert.equal(r.statements[0]!.text, 'select 1');
   });
 
@@ -454,7 +502,7 @@ describe('QueryTracker', () => {
     const { t, r } = tracker();
     for (let i = 0; i < 1000; i++) client(t, P('', `select ${i}`), B('', ''), E());
     client(t, S());
-    for (let i = 0; i < 1000; i++) server(t, CC(`SELECT ${i}`));
+    for (let i = 0; i < 1000; i++) server(t, PC(), BC(), CC(`SELECT ${i}`));
     server(t, Z('I'));
     assert.equal(r.statements.length, 1000);
     for (let i = 0; i < 1000; i++) assert.deepEqual([r.statements[i]!.text, r.statements[i]!.rows], [`select ${i}`, i]);
