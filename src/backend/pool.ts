@@ -84,8 +84,6 @@ export class Pool {
   #active = new Set<ServerConn>();
   #tested = new Set<ServerConn>();
   #login = new Set<ServerConn>();
-  /** Which list each connection is in. */
-  #where = new Map<ServerConn, ServerState>();
   #waiting: Array<{ w: PoolWaiter; since: number }> = [];
   /** Totals for SHOW STATS-style reporting. */
   servedTotal = 0;
@@ -112,7 +110,7 @@ export class Pool {
   #move(conn: ServerConn, to: ServerState): void {
     this.#remove(conn);
     conn.state = to;
-    if (to !== SV.Closed) this.#where.set(conn, to);
+    if (to !== SV.Closed) conn.listedIn = to;
     switch (to) {
       case SV.Idle:
         conn.lastUsedAt = Date.now();
@@ -137,9 +135,9 @@ export class Pool {
 
   /** Leaves whichever list the pool put it in (the pool's record, not conn.state, which the connection also sets itself). */
   #remove(conn: ServerConn): void {
-    const was = this.#where.get(conn);
-    if (was === undefined) return;
-    this.#where.delete(conn);
+    const was = conn.listedIn;
+    if (was === null) return;
+    conn.listedIn = null;
     switch (was) {
       case SV.Idle: {
         const i = this.#idle.lastIndexOf(conn);

@@ -186,6 +186,10 @@ export class ServerConn implements FrameSink {
   }
   /** Free-form owner tag (the pool it belongs to). */
   pool: unknown = null;
+  /** Which of its pool's lists holds it (written by the pool only; `state` the connection also sets itself). */
+  listedIn: ServerState | null = null;
+  /** The content key (ClientSettings.key) of the settings this connection's session has now; null: not known exactly. */
+  settingsKey: string | null = null;
   /** Called once when the connection ends, however it ends (the pool frees its slot). */
   onGone: ((conn: ServerConn) => void) | null = null;
   /**
@@ -215,6 +219,7 @@ export class ServerConn implements FrameSink {
   resetApplied(): void {
     this.custom.clear();
     this.settingsOf = null;
+    this.settingsKey = null;
     this.sequencesUsed = false;
     this.statements?.clear();
   }

@@ -46,6 +46,20 @@ export class ClientSettings {
   readonly custom = new Map<string, string>();
   /** Bumped at every change, so a connection that already has this version needs no comparison. */
   version = 0;
+  #key = '';
+  #keyVersion = -1;
+
+  /** The settings' content as one string (equal for two clients that want the same): a connection that has it needs no comparison. */
+  get key(): string {
+    if (this.#keyVersion !== this.version) {
+      this.#keyVersion = this.version;
+      const parts: string[] = [];
+      for (const [k, v] of this.reported) parts.push(`r${k}\u0000${v}`);
+      for (const [k, v] of this.custom) parts.push(`c${k}\u0000${v}`);
+      this.#key = parts.sort().join('\u0001');
+    }
+    return this.#key;
+  }
 
   /** Sets a value; `isReported` says which map it belongs to. */
   set(key: string, value: string, isReported: boolean): void {
@@ -74,6 +88,7 @@ const NONE: readonly SettingChange[] = Object.freeze([]);
  */
 export function settingsDiff(want: ClientSettings, conn: ServerConn): readonly SettingChange[] {
   if (conn.settingsOf === want && conn.settingsVersion === want.version) return NONE;
+  if (conn.settingsKey !== null && conn.settingsKey === want.key) return NONE;
   const out: SettingChange[] = [];
   let encoding: string | null = null;
   let nonAscii = false;

@@ -57,7 +57,7 @@ import { encodeQuery } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { TrafficStats } from '../stats/registry.ts';
-import { mayUseSequences, sessionEffects } from './session-features.ts';
+import { mayBeDdl, mayHaveAnyEffect, mayUseSequences, sessionEffects } from './session-features.ts';
 import type { StatementHook, StatementObserver } from './statement-hook.ts';
 
 /** What a link may ask of the session that holds it. */
@@ -144,8 +144,6 @@ const CLIENT_OBSERVED = typeTable([FE.Query, FE.Parse, FE.Bind, FE.Execute, FE.S
 const RFQ_IDLE = encodeReadyForQuery(TX.Idle);
 const DISCARD_SEQUENCES = encodeQuery('DISCARD SEQUENCES');
 const ROLLBACK = encodeQuery('ROLLBACK');
-/** DDL may change what a shared prepared statement returns: shared plans are prepared afresh after it. */
-const DDL_WORDS = /alter|drop|create|comment|rename/i;
 
 /** What one batch of Postern's own statements is for. */
 const BATCH = { Apply: 0, Validate: 1, ReadBack: 2 } as const;
@@ -388,6 +386,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
         if (this.pool.welcome === null) this.pool.welcome = conn.reportedSettings();
         this.#validate(conn);
       } else this.#apply(conn);
+      // Valid only while nobody holds the connection: set again at release.
+      conn.settingsKey = null;
       const held = this.#held;
       this.#held = [];
       if (held.length > 0 && this.#greeted) for (const chunk of held) this.#shell.stream.push(chunk);
@@ -649,7 +649,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       }
       if (type !== FE.Parse) return false;
       const text = parseText(chunk, off, next);
-      if (text === null || sessionEffects(text).pin !== null || DDL_WORDS.test(text)) return false;
+      if (text === null || sessionEffects(text).pin !== null || mayBeDdl(text)) return false;
       parses++;
       off = next;
     }
@@ -748,12 +748,12 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
    */
   #statementText(type: number, buf: Buffer, start: number, end: number): void {
     const text = type === FE.Parse ? parseText(buf, start, end) : queryText(buf, start, end);
-    if (text === null) return;
+    if (text === null || !mayHaveAnyEffect(text)) return;
     const server = this.#server;
     const scs = server?.params.get('standard_conforming_strings') !== 'off';
     if (server !== null && this.#ctx.config.pool.discard_sequences === 'auto' && !server.sequencesUsed && mayUseSequences(text, scs))
       server.sequencesUsed = true;
-    if (DDL_WORDS.test(text)) this.#ctx.statements.retireAll();
+    if (mayBeDdl(text)) this.#ctx.statements.retireAll();
     const fx = sessionEffects(text, scs);
     if (fx === null) return;
     for (const [name, v] of fx.sets) {
@@ -1009,9 +1009,12 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     conn.ledger.watcher = null;
     conn.lastClient = this.id;
     if (conn.settingsOf === this.settings && conn.settingsVersion !== this.settings.version) conn.settingsOf = null;
+    // The connection's session has exactly this client's settings (no value left unknown): the next client with the same ones needs no comparison.
+    conn.settingsKey = conn.settingsOf === this.settings ? this.settings.key : null;
     for (const v of conn.custom.values())
       if (v === UNKNOWN_VALUE) {
         conn.settingsOf = null;
+        conn.settingsKey = null;
         break;
       }
     this.pool.release(conn, reusable);

@@ -191,3 +191,33 @@ function computeSequences(sql: string, scs: boolean): boolean {
   }
   return false;
 }
+
+// ---------------------------------------------------------------- DDL, and one test for all
+
+/** DDL may change what a shared prepared statement returns: shared plans are prepared afresh after it. */
+const DDL_WORDS = /alter|drop|create|comment|rename/i;
+
+/** True when `sql` may be DDL (a word of DDL_WORDS anywhere); false means it certainly is not. */
+export function mayBeDdl(sql: string): boolean {
+  return DDL_WORDS.test(sql);
+}
+
+/**
+ * One test for the three above (session features, sequences, DDL): a text
+ * with none of these words has no effect any of them looks for. It holds
+ * every word of TRIGGERS, SEQUENCE_TRIGGERS and DDL_WORDS (setval through
+ * "set"); test/unit/sql.test.ts checks that.
+ */
+const ANY_EFFECT =
+  /set|temp|prepare|listen|declare|load|deallocate|discard|advisory|&|nextval|insert|update|merge|copy|call|do|execute|\(|alter|drop|create|comment|rename/i;
+
+export function mayHaveAnyEffect(sql: string): boolean {
+  return ANY_EFFECT.test(sql);
+}
+
+/** The trigger tests one by one (for the test that the single one holds them). */
+export const TRIGGER_TESTS: ReadonlyArray<(sql: string) => boolean> = [
+  (s) => TRIGGERS.test(s),
+  (s) => SEQUENCE_TRIGGERS.test(s),
+  (s) => DDL_WORDS.test(s),
+];

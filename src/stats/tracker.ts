@@ -26,12 +26,21 @@ export interface TrackerSink {
   onCycle(queryUs: number, xactUs: number): void;
 }
 
-/** A client statement that was sent and has not ended yet. */
-interface Pending {
-  text: string;
-  startedAt: number;
+/** What the ledger said of a statement before the tracker saw its frame. */
+interface Early {
   rows: number;
   sqlstate: string | null;
+  end: 'done' | 'gone' | null;
+}
+
+/** A client statement that was sent and has not ended yet (slots of a ring, reused). */
+class Pending {
+  /** Its ordinal; -1 while the slot is free. */
+  ord = -1;
+  text = '';
+  startedAt = 0;
+  rows = 0;
+  sqlstate: string | null = null;
 }
 
 /**
@@ -117,13 +126,14 @@ export class QueryTracker {
   #unnamedPortal = '';
   readonly #portals = new Map<string, string>();
 
-  /** Statements sent, by ordinal (the n-th Execute or Query the client sent). */
-  readonly #pending = new Map<number, Pending>();
+  /** Statements sent and not ended, in a ring indexed by ordinal (the n-th Execute or Query the client sent). */
+  #ring: Pending[] = [new Pending(), new Pending(), new Pending(), new Pending()];
+  #live = 0;
   #nextOrdinal = 0;
   /** Ordinals handed to the ledger (the same frames, counted on the ledger's side: at their header or later). */
   #ledgerOrdinal = 0;
   /** Ends the ledger reported before the tracker saw the client frame (a header counted before the frame was whole). */
-  readonly #early = new Map<number, 'done' | 'gone' | Pending>();
+  readonly #early = new Map<number, Early>();
 
   // Cycles. #cycleOpen: a client frame came since the last ReadyForQuery.
   #cycleOpen = false;
@@ -198,22 +208,65 @@ export class QueryTracker {
   /** A client Execute or Query went to the server: the next ordinal is its own. */
   #sent(text: string, startedAt: number): void {
     const ord = this.#nextOrdinal++;
-    const p: Pending = { text, startedAt, rows: 0, sqlstate: null };
-    const early = this.#early.get(ord);
+    const early = this.#early.size > 0 ? this.#early.get(ord) : undefined;
     if (early !== undefined) {
       this.#early.delete(ord);
-      if (early === 'gone') return;
-      if (early !== 'done') {
-        p.rows = early.rows;
-        p.sqlstate = early.sqlstate;
-        this.#pending.set(ord, p);
+      if (early.end === 'gone') return;
+      if (early.end === 'done') {
+        this.#report(text, performance.now() - startedAt, early.rows, early.sqlstate);
         return;
       }
-      this.#report(p.text, performance.now() - p.startedAt, p.rows, p.sqlstate);
-      return;
     }
-    if (this.#pending.size >= MAX_PENDING) this.#pending.clear();
-    this.#pending.set(ord, p);
+    const p = this.#slot(ord);
+    p.text = text;
+    p.startedAt = startedAt;
+    p.rows = early?.rows ?? 0;
+    p.sqlstate = early?.sqlstate ?? null;
+  }
+
+  /** The early record of an ordinal the tracker has not seen yet. */
+  #earlyOf(ord: number): Early {
+    let e = this.#early.get(ord);
+    if (e === undefined) {
+      e = { rows: 0, sqlstate: null, end: null };
+      this.#early.set(ord, e);
+    }
+    return e;
+  }
+
+  /** A free slot for ordinal `ord` (the ring grows when the one it maps to is still in use). */
+  #slot(ord: number): Pending {
+    for (;;) {
+      const p = this.#ring[ord & (this.#ring.length - 1)] as Pending;
+      if (p.ord === -1) {
+        p.ord = ord;
+        this.#live++;
+        return p;
+      }
+      if (this.#ring.length >= MAX_PENDING) {
+        // Out of step (a ledger no longer watched): start over.
+        for (const q of this.#ring) q.ord = -1;
+        this.#live = 0;
+        continue;
+      }
+      const old = this.#ring;
+      const ring: Pending[] = new Array(old.length * 2);
+      for (let i = 0; i < ring.length; i++) ring[i] = new Pending();
+      for (const q of old) if (q.ord !== -1) ring[q.ord & (ring.length - 1)] = q;
+      this.#ring = ring;
+    }
+  }
+
+  /** The pending statement with this ordinal, or undefined. */
+  #get(ord: number): Pending | undefined {
+    const p = this.#ring[ord & (this.#ring.length - 1)] as Pending;
+    return p.ord === ord ? p : undefined;
+  }
+
+  #free(p: Pending): void {
+    p.ord = -1;
+    p.text = '';
+    this.#live--;
   }
 
   /** A server frame the client gets, header included, at buf[start, end): only ReadyForQuery matters here (cycles). */
@@ -228,16 +281,13 @@ export class QueryTracker {
     return this.#ledgerOrdinal++;
   }
 
-  #record(ord: number): Pending {
-    let p = this.#pending.get(ord);
-    if (p === undefined) {
-      // The ledger is ahead of the frame (counted at its header): keep what it says for the frame.
-      const e = this.#early.get(ord);
-      if (e !== undefined && e !== 'done' && e !== 'gone') return e;
-      p = { text: '', startedAt: 0, rows: 0, sqlstate: null };
-      this.#early.set(ord, p);
-    }
-    return p;
+  /** Where what the ledger says of `ord` goes: its pending statement, or (the ledger ahead of the frame) an early record. */
+  #record(ord: number): { rows: number; sqlstate: string | null } {
+    const p = this.#get(ord);
+    if (p !== undefined) return p;
+    // Not pending and already seen: it ended; nothing to keep.
+    if (ord < this.#nextOrdinal) return { rows: 0, sqlstate: null };
+    return this.#earlyOf(ord);
   }
 
   rows(ordinal: number, buf: Buffer, start: number, end: number): void {
@@ -251,22 +301,25 @@ export class QueryTracker {
   }
 
   done(ordinal: number): void {
-    const p = this.#pending.get(ordinal);
+    const p = this.#get(ordinal);
     if (p === undefined) {
-      if (ordinal >= this.#nextOrdinal) this.#early.set(ordinal, this.#early.get(ordinal) ?? 'done');
+      if (ordinal >= this.#nextOrdinal) this.#earlyOf(ordinal).end = 'done';
       return;
     }
-    this.#pending.delete(ordinal);
-    this.#report(p.text, performance.now() - p.startedAt, p.rows, p.sqlstate);
+    const { text, startedAt, rows, sqlstate } = p;
+    this.#free(p);
+    this.#report(text, performance.now() - startedAt, rows, sqlstate);
   }
 
   gone(ordinal: number): void {
-    if (!this.#pending.delete(ordinal) && ordinal >= this.#nextOrdinal) this.#early.set(ordinal, 'gone');
+    const p = this.#get(ordinal);
+    if (p !== undefined) this.#free(p);
+    else if (ordinal >= this.#nextOrdinal) this.#earlyOf(ordinal).end = 'gone';
   }
 
   /** Forgets pending executions and the current cycle (the session hands its server back mid-work). Statement names stay: they belong to the client. */
   reset(): void {
-    this.#pending.clear();
+    for (const p of this.#ring) if (p.ord !== -1) this.#free(p);
     this.#early.clear();
     this.#unnamedPortal = '';
     this.#portals.clear();

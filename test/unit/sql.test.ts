@@ -1088,3 +1088,57 @@ describe('session-effect shortcut', () => {
     }
   });
 });
+
+describe('one trigger test for all statement effects', () => {
+  it('a text any single trigger test matches is matched by the combined one (random texts, every trigger word)', async () => {
+    const { mayHaveAnyEffect, TRIGGER_TESTS, mayUseSequences, mayBeDdl } = await import('../../src/frontend/session-features.ts');
+    const words = [
+      'set',
+      'temp',
+      'prepare',
+      'listen',
+      'declare',
+      'load',
+      'deallocate',
+      'discard',
+      'advisory',
+      '&',
+      'nextval',
+      'setval',
+      'insert',
+      'update',
+      'merge',
+      'copy',
+      'call',
+      'do',
+      'execute',
+      '(',
+      'alter',
+      'drop',
+      'create',
+      'comment',
+      'rename',
+      'select',
+      'from',
+      'x',
+      ' ',
+      'abc',
+      'SeT',
+      'DROP',
+    ];
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom(...words), { maxLength: 8 }), fc.string({ maxLength: 6 }), (parts, noise) => {
+        const sql = parts.join('') + noise;
+        const any = TRIGGER_TESTS.some((t) => t(sql));
+        assert.equal(mayHaveAnyEffect(sql) || !any, true, sql);
+        if (!mayHaveAnyEffect(sql)) {
+          assert.equal(mayUseSequences(sql), false, sql);
+          assert.equal(mayBeDdl(sql), false, sql);
+        }
+      }),
+      { numRuns: 3000 },
+    );
+    // And it can tell: pgbench's -S statement has none of them.
+    assert.equal(mayHaveAnyEffect('SELECT abalance FROM pgbench_accounts WHERE aid = 42;'), false);
+  });
+});
