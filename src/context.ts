@@ -45,6 +45,8 @@ export interface ClientInfo {
   preparedStatements: number;
   /** Bytes queued for the client and not yet taken by its socket (backpressure holds the server back beyond a few chunks). */
   outBuffered: number;
+  /** Bytes read from the client so far. */
+  bytesIn: number;
   server: ServerConn | null;
   /** A passthrough session with its own server connection (no pool). */
   relayed: boolean;

@@ -163,6 +163,13 @@ export class Ledger {
   #skipping = false;
   /** The server is in copy-in (CopyInResponse seen) and no CopyDone/CopyFail or consumed message has been queued since. */
   #copyIn = false;
+  /**
+   * An extended-protocol message (Parse, Bind, Describe, Execute, Close) was
+   * queued and no Sync (or Query, FunctionCall) since: the server holds an
+   * implicit transaction, and maybe a portal, even with nothing owed (after
+   * Execute with a row limit and Flush, say). ReadyForQuery's status is stale.
+   */
+  #unsynced = false;
   /** The head request's answer included an ErrorResponse (Query, FunctionCall, Sync: ReadyForQuery still follows). */
   #headFailed = false;
   /** Transaction status of the last ReadyForQuery: exact while no boundary is queued. */
@@ -176,9 +183,19 @@ export class Ledger {
   #shapeSpecial = false;
   #shapeHead = false;
 
-  /** Nothing owed, not skipping, not in copy-in: the server waits for a new request. */
+  /** Nothing owed, not skipping, not in copy-in, no extended query open: the server waits for a new request at a boundary. */
   get idle(): boolean {
-    return this.#count === 0 && !this.#skipping && !this.#copyIn;
+    return this.#count === 0 && !this.#skipping && !this.#copyIn && !this.#unsynced;
+  }
+
+  /** The server still owes answers, or discards what comes (skipping, copy-in): a cancel can matter. */
+  get owes(): boolean {
+    return this.#count > 0 || this.#skipping || this.#copyIn;
+  }
+
+  /** An extended query is open (see #unsynced): the server is inside a transaction whatever the last ReadyForQuery said. */
+  get unsynced(): boolean {
+    return this.#unsynced;
   }
 
   get size(): number {
@@ -303,7 +320,9 @@ export class Ledger {
     this.#ord[at] = who === WHO.Client && (kind === REQ.Execute || kind === REQ.Query) && this.watcher !== null ? this.watcher.sent() : -1;
     this.#count++;
     this.#pushed++;
+    if (kind >= REQ.Parse && kind <= REQ.Close) this.#unsynced = true;
     if (endsWithReady(kind)) {
+      this.#unsynced = false;
       this.#boundaries++;
       this.#lastBoundary = this.#pushed - 1;
       if (kind === REQ.Sync) this.#segment++;
@@ -336,6 +355,7 @@ export class Ledger {
     this.#dropRange(this.#count);
     this.#skipping = false;
     this.#copyIn = false;
+    this.#unsynced = false;
     this.#headFailed = false;
     this.txStatus = TX.Idle;
     this.#reshape();

@@ -610,11 +610,10 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       }
       if (this.#held.length === 0 && this.#answerLocally(chunk)) return;
       this.#held.push(chunk);
-      if (this.#waitingFor === null) {
-        this.#wait('txn');
-        if (this.#server !== null) return;
-      }
-      this.#shell.pauseClient();
+      if (this.#waitingFor === null) this.#wait('txn');
+      // Paused while it waits. A server lent at once took the chunk, and may
+      // be back in the pool already (a lone Flush or stray CopyFail owes nothing).
+      if (this.#waitingFor !== null) this.#shell.pauseClient();
       return;
     }
     server.cork();
@@ -1057,7 +1056,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
         this.#server = null;
         this.#countServerParses(conn);
         ledger.onShape = null;
-        const busy = !ledger.idle;
+        const busy = ledger.owes;
         if (this.#rw !== null) this.#rw.disown();
         conn.lastClient = this.id;
         this.pool.reclaim(conn, busy, this.#shell.logFor(conn));
@@ -1077,8 +1076,9 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     const cfg = this.#ctx.config.pool;
     const conn = this.#server;
     const midMessage = !this.#shell.stream.atBoundary;
-    const serverWaits = conn === null || conn.ledger.idle;
-    const inTransaction = conn !== null && serverWaits && !midMessage && conn.ledger.txStatus !== TX.Idle;
+    const serverWaits = conn === null || !conn.ledger.owes;
+    // An open extended query (no Sync yet) holds the server inside a transaction too.
+    const inTransaction = conn !== null && serverWaits && !midMessage && (conn.ledger.txStatus !== TX.Idle || conn.ledger.unsynced);
     if (inTransaction && cfg.idle_transaction_timeout > 0 && idleMs > cfg.idle_transaction_timeout) {
       this.#shell.logFor(conn).info({ idleMs }, 'idle_transaction_timeout');
       this.#shell.terminate(SQLSTATE.IdleInTransactionSessionTimeout, 'terminating connection due to idle-in-transaction timeout');

@@ -694,6 +694,7 @@ export class ClientSession implements SessionHandle {
       pinned: pooled?.pinned ?? null,
       preparedStatements: pooled?.preparedStatements ?? 0,
       outBuffered: this.#client.writableLength,
+      bytesIn: this.bytesIn,
       server: this.#server(),
       relayed: this.#relay !== null && this.#relay.server !== null,
     };

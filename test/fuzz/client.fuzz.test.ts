@@ -55,7 +55,10 @@ const MESSAGES: Array<() => Buffer> = [
 
 const step = fc.oneof(
   { weight: 8, arbitrary: fc.nat(MESSAGES.length - 1).map((i) => ({ kind: 'msg' as const, i })) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('badlen' as const), i: fc.nat(MESSAGES.length - 1), len: fc.integer({ min: -5, max: 100 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant('badlen' as const), i: fc.nat(MESSAGES.length - 1), len: fc.integer({ min: -5, max: 100 }) }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('badtype' as const), type: fc.integer({ min: 0, max: 255 }) }) },
 );
 
@@ -120,5 +123,8 @@ test('mutated client traffic, cut anywhere: the pool is whole again at once afte
   );
   assert.equal(batches, 150);
   // No clean-up ever gave up on a connection for want of knowing what it owed.
-  assert.equal(logsWith(px.logs, 'could not clean the server connection; closing it').filter((l) => l.why === 'timed out draining').length, 0);
+  assert.equal(
+    logsWith(px.logs, 'could not clean the server connection; closing it').filter((l) => l.why === 'timed out draining').length,
+    0,
+  );
 });

@@ -15,8 +15,8 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import postgres from 'postgres';
 import { type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
-import { pgEnv, type RunningPostern, run, startPostern } from '../helpers/postern.ts';
-import { errorFields, startupMessage, Wire } from '../helpers/wire.ts';
+import { pgEnv, type RunningPostern, run, startPostern, waitUntil } from '../helpers/postern.ts';
+import { errorFields, startupMessage, typedMessage, Wire } from '../helpers/wire.ts';
 
 const PW = 'txs-pw';
 let dir: string;
@@ -293,6 +293,133 @@ describe('server-side prepared statements shared by text', () => {
     await a.end();
     await b.end();
   });
+});
+
+describe('extended queries without a Sync', () => {
+  const z = (t: string) => Buffer.from(`${t}\0`);
+  const i16 = (n: number) => Buffer.from([n >> 8, n & 255]);
+  const i32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32BE(n);
+    return b;
+  };
+  const dataText = (m: { type: string; body: Buffer }) => m.body.toString('utf8', 6, 6 + m.body.readInt32BE(2));
+
+  async function login(): Promise<Wire> {
+    const w = await Wire.connect(one.port);
+    w.write(startupMessage({ user: 'app', database: 'appdb' }));
+    assert.equal((await w.readUntil('Z')).at(-1)?.type, 'Z');
+    return w;
+  }
+
+  test('a portal suspended after Execute with a row limit and Flush keeps its server connection until Sync', async () => {
+    // PostgreSQL: the unnamed portal lives in an implicit transaction until Sync; nobody else runs in it.
+    const a = await login();
+    const b = await login();
+    try {
+      a.write(
+        typedMessage('P', Buffer.concat([z(''), z('select x from generate_series(1, 3) x'), i16(0)])),
+        typedMessage('B', Buffer.concat([z(''), z(''), i16(0), i16(0), i16(0)])),
+        typedMessage('E', Buffer.concat([z(''), i32(1)])),
+        typedMessage('H'),
+      );
+      const first = await a.readUntil('s');
+      assert.deepEqual(first.filter((m) => m.type === 'D').map(dataText), ['1']);
+      // B's query needs the only server connection, which A still holds: B waits.
+      b.write(simpleQuery("select 'b' as who"));
+      const p = one.postern.ctx.pools.all().find((x) => x.target.name === 'appdb');
+      assert.ok(p !== undefined);
+      await waitUntil(() => p.counts().cl_waiting === 1, 5_000, 'B waiting for the server connection');
+      a.write(typedMessage('E', Buffer.concat([z(''), i32(1)])), typedMessage('S'));
+      const rest = await a.readUntil('Z');
+      assert.deepEqual(
+        rest.filter((m) => m.type === 'D' || m.type === 'E').map((m) => (m.type === 'D' ? dataText(m) : errorFields(m).message)),
+        ['2'],
+      );
+      assert.equal(rest.at(-1)?.body[0], 0x49, 'idle after Sync');
+      const bAnswer = await b.readUntil('Z');
+      assert.deepEqual(bAnswer.filter((m) => m.type === 'D').map(dataText), ['b']);
+      assert.equal(bAnswer.at(-1)?.body[0], 0x49);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  test('a Parse and Flush is not an end: the unnamed statement is still there for the Bind that follows', async () => {
+    const a = await login();
+    const b = await login();
+    try {
+      a.write(typedMessage('P', Buffer.concat([z(''), z("select 'mine'"), i16(0)])), typedMessage('H'));
+      assert.equal((await a.readUntil('1')).at(-1)?.type, '1');
+      b.write(simpleQuery("select 'other'"));
+      const p = one.postern.ctx.pools.all().find((x) => x.target.name === 'appdb');
+      assert.ok(p !== undefined);
+      await waitUntil(() => p.counts().cl_waiting === 1, 5_000, 'B waiting');
+      a.write(
+        typedMessage('B', Buffer.concat([z(''), z(''), i16(0), i16(0), i16(0)])),
+        typedMessage('E', Buffer.concat([z(''), i32(0)])),
+        typedMessage('S'),
+      );
+      const r = await a.readUntil('Z');
+      assert.deepEqual(r.filter((m) => m.type === 'D').map(dataText), ['mine']);
+      assert.equal((await b.readUntil('Z')).filter((m) => m.type === 'D').map(dataText)[0], 'other');
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  test('a client that leaves with a portal open leaves a clean server connection', async () => {
+    const a = await login();
+    a.write(
+      typedMessage('P', Buffer.concat([z(''), z('select x from generate_series(1, 3) x'), i16(0)])),
+      typedMessage('B', Buffer.concat([z(''), z(''), i16(0), i16(0), i16(0)])),
+      typedMessage('E', Buffer.concat([z(''), i32(1)])),
+      typedMessage('H'),
+    );
+    await a.readUntil('s');
+    a.close();
+    // The next client has the same settings (nothing for Postern to send first).
+    const c = await login();
+    try {
+      // Not inside the old implicit transaction: its own transaction, no portal left over.
+      c.write(simpleQuery('select (now() = statement_timestamp() and (select count(*) from pg_cursors) = 0)::text'));
+      const r = await c.readUntil('Z');
+      assert.deepEqual(r.filter((m) => m.type === 'D').map(dataText), ['true']);
+    } finally {
+      c.close();
+    }
+  });
+
+  for (const [name, stray] of [
+    ['Flush', typedMessage('H')],
+    ['CopyFail', typedMessage('f', z('late'))],
+    ['CopyDone', typedMessage('c')],
+    ['CopyData', typedMessage('d', Buffer.from('x'))],
+  ] as const) {
+    test(`a lone ${name} between transactions (no answer owed) and then a query: the query is answered`, async () => {
+      // PostgreSQL ignores COPY messages outside a COPY and answers nothing to a Flush.
+      const w = await login();
+      try {
+        w.write(simpleQuery('select 1'));
+        await w.readUntil('Z');
+        // The stray alone, read by Postern before the query is sent (one chunk of its own).
+        const me = [...one.postern.ctx.sessions].reduce((x, y) => (y.id > x.id ? y : x));
+        const before = me.info().bytesIn;
+        w.write(stray);
+        await waitUntil(() => me.info().bytesIn >= before + stray.length, 5_000, 'the stray read');
+        w.write(simpleQuery("select 'after' as v"));
+        const r = await w.readUntil('Z');
+        assert.deepEqual(r.filter((m) => m.type === 'D').map(dataText), ['after']);
+        // And again, the stray in the same write as the query.
+        w.write(Buffer.concat([stray, simpleQuery("select 'again' as v")]));
+        assert.deepEqual((await w.readUntil('Z')).filter((m) => m.type === 'D').map(dataText), ['again']);
+      } finally {
+        w.close();
+      }
+    });
+  }
 });
 
 describe('prepares never deadlock a small pool', () => {

@@ -1046,6 +1046,10 @@ describe('PreparedRewriter frames', () => {
       t.reply(f);
     }
     assert.deepEqual(t.toClient, [notice, PC]);
+    // Nothing owed, but no Sync yet: the server holds an implicit transaction.
+    assert.equal(t.rw.idle, false);
+    t.send(SYNC);
+    t.reply(Z_IDLE);
     assert.ok(t.rw.idle);
   });
 
@@ -1056,6 +1060,10 @@ describe('PreparedRewriter frames', () => {
     assert.throws(() => t.rw.detach());
     assert.throws(() => t.rw.attach(new ServerStatements(5)));
     t.reply(PC);
+    assert.equal(t.rw.idle, false, 'no Sync yet');
+    assert.throws(() => t.rw.detach());
+    t.send(SYNC);
+    t.reply(Z_IDLE);
     assert.ok(t.rw.idle);
     t.rw.detach();
     assert.throws(() => t.send(SYNC), /no server attached/);
