@@ -202,6 +202,11 @@ export class Ledger {
     return this.#count;
   }
 
+  /** Slot of the oldest request still owed (meaningful while size > 0). */
+  get head(): number {
+    return this.#head;
+  }
+
   get pushed(): number {
     return this.#pushed;
   }

@@ -50,7 +50,7 @@
 //   - Unnamed statements and portals pass through: they do not outlive a
 //     transaction on another server, as with any transaction pooler.
 
-import { decodeNotice } from '../protocol/backend.ts';
+import { decodeNotice, encodeError } from '../protocol/backend.ts';
 import { BE, FE, TX, typeTable } from '../protocol/codes.ts';
 import { ProtocolViolation, VIOLATION } from '../protocol/violation.ts';
 import { Writer } from '../protocol/writer.ts';
@@ -88,6 +88,7 @@ export const PREPARED_CLIENT_INSPECT: Uint8Array = typeTable([
  * arrives only while a request is owed, when no synthetic answer is written.
  */
 export const PREPARED_SERVER_INSPECT: Uint8Array = typeTable([
+  BE.ParameterDescription,
   BE.NoticeResponse,
   BE.NotificationResponse,
   BE.ParameterStatus,
@@ -108,6 +109,22 @@ const STATEMENT_PREFIX = 'postern_s';
 /** Process-wide, so two caches (tests) can never hand out the same server name. */
 let nextStatementId = 1;
 const BYTE_S = 0x53; // 'S': Describe/Close target is a statement
+/** A name no server statement ever has (Postern's own are postern_s<n>; client names never reach a server for Parse). */
+const NO_STATEMENT = 'postern_none';
+/** A Bind the server refuses (26000): it fails a request in its exact position, with a real error's effects (skip to Sync, abort). */
+const FAILING_BIND: Buffer = new Writer().cstring('').cstring(NO_STATEMENT).int16(0).int16(0).int16(0).message(FE.Bind);
+const FLUSH: Buffer = new Writer().message(FE.Flush);
+/** PostgreSQL's answer to a Bind or Describe of a prepared statement whose result type changed (plancache.c). */
+const RESULT_TYPE_CHANGED: Buffer = encodeError({
+  severity: 'ERROR',
+  code: '0A000',
+  message: 'cached plan must not change result type',
+  file: 'plancache.c',
+  routine: 'RevalidateCachedQuery',
+});
+/** What #ensure says about the frame that needs a statement. */
+const READY = -1;
+const STALE = -2;
 
 /** Index of the NUL ending the string that starts at `from`; the NUL must lie inside the frame. */
 function nulAt(buf: Buffer, from: number, end: number): number {
@@ -136,6 +153,19 @@ export class CachedStatement {
   sequences: boolean | null = null;
   /** Scopes (pools) where a server accepted this Parse: there a client's Parse of it may be answered without a server. */
   readonly parsedIn = new WeakSet<object>();
+  /**
+   * The parameter and result types clients were told (the first Describe of
+   * it a server answered; see shapeOf), null until then. A server that
+   * prepares it afresh must agree, or the statement is stale.
+   */
+  shape: string | null = null;
+  /**
+   * Its result type changed under clients that know the old one (a server
+   * said 0A000, or one prepared it with other types). It is never prepared
+   * again; what needs it on a server lacking it gets 0A000, as PostgreSQL
+   * answers a statement whose plan predates the change.
+   */
+  stale = false;
   #refs = 0;
   #owner: Map<string, CachedStatement>;
 
@@ -228,6 +258,8 @@ export class ServerStatements {
   #lru = new Map<CachedStatement, number>();
   #max: number;
   #nextToken = 1;
+  /** Statements prepared here with other types than clients were told (see CachedStatement.shape): never used. */
+  #diverged: Set<CachedStatement> | null = null;
   /** Parses sent to this server (forwarded or injected). */
   prepares = 0;
   /** Close('S') sent to make room. */
@@ -281,10 +313,22 @@ export class ServerStatements {
     return t;
   }
 
+  /** e is prepared here with other types than clients were told: whatever needs it here is refused. */
+  diverge(e: CachedStatement): void {
+    if (!this.#lru.has(e)) return;
+    this.#diverged ??= new Set();
+    this.#diverged.add(e);
+  }
+
+  diverged(e: CachedStatement): boolean {
+    return this.#diverged !== null && this.#diverged.has(e);
+  }
+
   /** Forgets e; returns the token it was added with (0 when absent). */
   remove(e: CachedStatement): number {
     const t = this.#lru.get(e);
     if (t === undefined) return 0;
+    this.#diverged?.delete(e);
     this.#lru.delete(e);
     e.unref();
     return t;
@@ -310,6 +354,7 @@ export class ServerStatements {
   clear(): void {
     for (const e of this.#lru.keys()) e.unref();
     this.#lru.clear();
+    this.#diverged = null;
   }
 
   /** Server-side names, least recently used first (admin views, tests). */
@@ -352,6 +397,10 @@ const T = {
   CloseSynthetic: 7,
   /** A Bind or Describe('S') of a cached statement (its plan may turn out stale: 0A000). */
   UsesStatement: 8,
+  /** Postern's Describe('S') after preparing a statement afresh: its types must be the ones clients were told. */
+  Verify: 9,
+  /** A request the server refuses in its position (FAILING_BIND); the client gets the error kept with it instead. */
+  Fail: 10,
 } as const;
 type Tag = (typeof T)[keyof typeof T];
 
@@ -584,7 +633,15 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
         return;
       }
       // Let the server refuse a duplicate of its own statement, in this position.
-      this.#ensure(server, ledger, existing);
+      const ready = this.#ensure(server, ledger, existing);
+      if (ready >= 0) {
+        this.#hold(ready, buf, start, end);
+        return;
+      }
+      if (ready === STALE) {
+        this.#refuse(ledger, duplicateError(name));
+        return;
+      }
       this.#push(ledger, REQ.Parse, WHO.Postern, T.ParseDuplicate, existing, name, 0);
       this.#sink.toServer(existing.parse, 0, existing.parse.length);
       return;
@@ -619,6 +676,13 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     this.#pendName(ledger, name, seq);
     this.#pendServer(ledger, entry, seq);
     this.#sink.toServer(entry.parse, 0, entry.parse.length);
+    if (entry.shape !== null) {
+      // Other clients know this statement's types: later input waits until this server's are known too.
+      this.holds++;
+      this.#holdSeq = this.#verify(ledger, entry);
+      this.#held = [];
+      this.heldBytes = 0;
+    }
   }
 
   #onBind(server: ServerStatements, ledger: Ledger, buf: Buffer, start: number, end: number): void {
@@ -641,7 +705,15 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
       this.#sink.toServer(buf, start, end);
       return;
     }
-    this.#ensure(server, ledger, entry);
+    const ready = this.#ensure(server, ledger, entry);
+    if (ready >= 0) {
+      this.#hold(ready, buf, start, end);
+      return;
+    }
+    if (ready === STALE) {
+      this.#refuse(ledger, RESULT_TYPE_CHANGED);
+      return;
+    }
     this.#sink.bound?.(entry);
     const nameZ = entry.nameZ;
     const len = end - start - (nameEnd + 1 - nameStart) + nameZ.length;
@@ -668,7 +740,15 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
         return;
       }
       if (entry !== undefined) {
-        this.#ensure(server, ledger, entry);
+        const ready = this.#ensure(server, ledger, entry);
+        if (ready >= 0) {
+          this.#hold(ready, buf, start, end);
+          return;
+        }
+        if (ready === STALE) {
+          this.#refuse(ledger, RESULT_TYPE_CHANGED);
+          return;
+        }
         this.#push(ledger, REQ.Describe, WHO.Client, T.UsesStatement, entry, null, 0);
         this.#sink.toServer(entry.describe, 0, entry.describe.length);
         return;
@@ -703,14 +783,72 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     this.#sink.toServer(buf, start, end);
   }
 
-  /** Makes sure the statement exists on the server before the frame that needs it (a Parse injected in front). */
-  #ensure(server: ServerStatements, ledger: Ledger, entry: CachedStatement): void {
-    if (server.use(entry)) return;
+  /**
+   * Makes sure the statement exists on the server before the frame that
+   * needs it (a Parse injected in front). READY: send the frame. STALE: the
+   * frame must be refused with 0A000. A sequence number: the statement was
+   * prepared afresh and is being described; hold the frame until then.
+   */
+  #ensure(server: ServerStatements, ledger: Ledger, entry: CachedStatement): number {
+    if (server.use(entry)) return server.diverged(entry) ? STALE : READY;
+    if (entry.stale) return STALE;
     this.#makeRoom(server, ledger);
     const token = server.add(entry);
     server.prepares++;
     this.#pendServer(ledger, entry, this.#push(ledger, REQ.Parse, WHO.Quiet, T.ParseInjected, entry, null, token));
     this.#sink.toServer(entry.parse, 0, entry.parse.length);
+    return entry.shape === null ? READY : this.#verify(ledger, entry);
+  }
+
+  /**
+   * A statement clients know the types of was just prepared on this server:
+   * the server describes it (swallowed, compared in #described) and flushes,
+   * so what waits for the answer never waits on the client. Returns the
+   * Describe's sequence number.
+   */
+  #verify(ledger: Ledger, entry: CachedStatement): number {
+    const seq = this.#push(ledger, REQ.Describe, WHO.Postern, T.Verify, entry, null, 0);
+    this.#sink.toServer(entry.describe, 0, entry.describe.length);
+    this.#sink.toServer(FLUSH, 0, FLUSH.length);
+    return seq;
+  }
+
+  /** The client's frame is refused here, by the server (so the error has its real effects), with this error shown to the client. */
+  #refuse(ledger: Ledger, error: Buffer): void {
+    ledger.push(REQ.Bind, WHO.Postern, this, T.Fail, 0, error, null);
+    this.#sink.toServer(FAILING_BIND, 0, FAILING_BIND.length);
+  }
+
+  /**
+   * A statement's parameter and result types came in (a client's
+   * Describe('S'), or Postern's own): the first ones are what clients know;
+   * different ones from this server make the statement stale.
+   */
+  #described(ledger: Ledger, type: number, buf: Buffer, start: number, end: number): void {
+    const at = ledger.head;
+    if (ledger.kindAt(at) !== REQ.Describe) return;
+    const tag = ledger.tagAt(at);
+    if (tag !== T.UsesStatement && tag !== T.Verify) return;
+    if (type === BE.ParameterDescription) {
+      this.#params = buf.toString('latin1', start + 5, end);
+      return;
+    }
+    const shape = `${this.#params}|${shapeOf(type, buf, start, end)}`;
+    this.#params = '';
+    const e = ledger.objAt(at) as CachedStatement;
+    if (e.shape === null) e.shape = shape;
+    else if (e.shape !== shape) this.#staled(e, true);
+  }
+
+  /** Parameter types of the Describe being answered (until its RowDescription or NoData). */
+  #params = '';
+
+  /** e's result type changed under clients that know the old one; here is where it differs when `here`. */
+  #staled(e: CachedStatement, here: boolean): void {
+    e.stale = true;
+    this.#cache.retire(e);
+    this.staleRetired++;
+    if (here) this.#server?.diverge(e);
   }
 
   /**
@@ -809,6 +947,8 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
   onServerFrame(type: number, buf: Buffer, start: number, end: number): void {
     const ledger = this.#ledger;
     if (ledger === null) throw new Error('PreparedRewriter.onServerFrame: no server attached');
+    if ((type === BE.RowDescription || type === BE.NoData || type === BE.ParameterDescription) && ledger.size > 0)
+      this.#described(ledger, type, buf, start, end);
     ledger.onServerFrame(type, buf, start, end, false);
     if (this.#held !== null) this.#release();
   }
@@ -842,9 +982,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     // here. Later Parses of this text are prepared afresh (a driver's own
     // recovery, a new Parse, then works), and this server forgets it so a
     // client that still names it gets the server's answer, not a guess.
-    const e = ledger.objAt(at) as CachedStatement;
-    this.#cache.retire(e);
-    this.staleRetired++;
+    this.#staled(ledger.objAt(at) as CachedStatement, false);
   }
 
   /** Statements retired because a server reported their plan stale. */
@@ -884,9 +1022,19 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
   }
 
   frame(ledger: Ledger, at: number, type: number, buf: Buffer, start: number, end: number): void {
-    // Swallowed answers: a Quiet request's success (nobody sees it), or the
-    // server's 42P05 for a duplicate Parse, which names Postern's statement.
-    if (ledger.tagAt(at) !== T.ParseDuplicate || this.#gone) return;
+    // Swallowed answers: a Quiet request's success (nobody sees it), the
+    // server's 42P05 for a duplicate Parse, which names Postern's statement,
+    // and a refused request's error, which the client sees as the one kept.
+    if (this.#gone) return;
+    const tag = ledger.tagAt(at);
+    if (tag === T.Fail) {
+      if (type === BE.ErrorResponse) {
+        const error = ledger.objAt(at) as Buffer;
+        this.#sink.toClient(error, 0, error.length);
+      }
+      return;
+    }
+    if (tag !== T.ParseDuplicate) return;
     const e = ledger.objAt(at) as CachedStatement;
     if (type === BE.ErrorResponse) this.#sendRenamedError(buf, start, end, e.name, ledger.strAt(at) as string);
     else this.#sink.toClient(buf, start, end);
@@ -897,7 +1045,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     const seq = ledger.seqAt(at);
     const name = ledger.strAt(at);
     if (name !== null && this.#pendingNames.get(name)?.seq === seq) this.#pendingNames.delete(name);
-    const e = ledger.objAt(at) as CachedStatement | null;
+    const e = ledger.tagAt(at) === T.Fail ? null : (ledger.objAt(at) as CachedStatement | null);
     if (e !== null) {
       if (this.#pendingServer.get(e)?.seq === seq) this.#pendingServer.delete(e);
       e.unref();
@@ -906,6 +1054,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
 
   /** The server skipped or refused the request at `at`: undo what was assumed when it was sent. */
   #undo(ledger: Ledger, at: number): void {
+    if (ledger.tagAt(at) === T.Fail) return;
     const e = ledger.objAt(at) as CachedStatement | null;
     if (e === null) return;
     const server = this.#server;
@@ -958,4 +1107,38 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     const out = w.byte(0).message(BE.ErrorResponse);
     this.#sink.toClient(out, 0, out.length);
   }
+}
+
+/** PostgreSQL's 42P05 for a Parse of a name the session already has. */
+function duplicateError(clientName: string): Buffer {
+  const name = Buffer.from(clientName, 'latin1').toString('utf8');
+  return encodeError({
+    severity: 'ERROR',
+    code: '42P05',
+    message: `prepared statement "${name}" already exists`,
+    file: 'prepare.c',
+    routine: 'StorePreparedStatement',
+  });
+}
+
+/**
+ * What a RowDescription (or NoData) says a statement returns, as PostgreSQL
+ * compares it when it revalidates a plan: each column's name, type and type
+ * modifier (not the table and column it came from, which DDL renumbers).
+ */
+function shapeOf(type: number, buf: Buffer, start: number, end: number): string {
+  if (type === BE.NoData) return 'n';
+  let off = start + 5;
+  if (off + 2 > end) return `?${buf.toString('latin1', start, end)}`;
+  const n = buf.readInt16BE(off);
+  off += 2;
+  let out = `${n}`;
+  for (let i = 0; i < n; i++) {
+    const nul = buf.indexOf(0, off);
+    if (nul < 0 || nul + 19 > end) return `?${buf.toString('latin1', start, end)}`;
+    // name, table oid (4), column (2), type oid (4), type size (2), type modifier (4), format (2)
+    out += `,${buf.toString('latin1', off, nul)}:${buf.readInt32BE(nul + 7)}:${buf.readInt32BE(nul + 13)}`;
+    off = nul + 19;
+  }
+  return out;
 }

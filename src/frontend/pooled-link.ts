@@ -23,6 +23,7 @@ import {
   CLOSE_COMPLETE,
   PARSE_COMPLETE,
   PREPARED_CLIENT_INSPECT,
+  PREPARED_SERVER_INSPECT,
   PreparedRewriter,
   ServerStatements,
 } from '../backend/prepared.ts';
@@ -112,6 +113,12 @@ const COMPLETIONS = [
 const SERVER_SPECIAL = (() => {
   const t = new Uint8Array(SERVER_BASE);
   for (const c of COMPLETIONS) t[c] = 1;
+  return t;
+})();
+/** With the prepared-statement rewriter: what it must see whole too (statement descriptions, whose types it keeps). */
+const SERVER_REWRITE = (() => {
+  const t = new Uint8Array(SERVER_SPECIAL);
+  for (let i = 0; i < 256; i++) if (PREPARED_SERVER_INSPECT[i] === 1) t[i] = 1;
   return t;
 })();
 /** Otherwise completions are only looked at, in their runs (the ledger and the statistics tracker). */
@@ -414,7 +421,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   /** What the server's frames must be read as now: whole while Postern's answers are at the head, completions whole while some answer is not simply the client's. */
   #inspectFor(ledger: Ledger): Uint8Array {
     if (ledger.swallowingHead) return VALID_BACKEND;
-    return ledger.special || this.#rw !== null ? SERVER_SPECIAL : SERVER_BASE;
+    return this.#rw !== null ? SERVER_REWRITE : ledger.special ? SERVER_SPECIAL : SERVER_BASE;
   }
 
   #reshape = (): void => {

@@ -149,6 +149,9 @@ export interface ErrorSpec {
   message: string;
   detail?: string;
   hint?: string;
+  /** Source file and routine, as PostgreSQL reports them (some drivers look at the routine). */
+  file?: string;
+  routine?: string;
 }
 
 function encodeFields(type: number, e: ErrorSpec): Buffer {
@@ -159,6 +162,8 @@ function encodeFields(type: number, e: ErrorSpec): Buffer {
   w.byte(0x4d).cstring(e.message); // M
   if (e.detail !== undefined) w.byte(0x44).cstring(e.detail); // D
   if (e.hint !== undefined) w.byte(0x48).cstring(e.hint); // H
+  if (e.file !== undefined) w.byte(0x46).cstring(e.file); // F
+  if (e.routine !== undefined) w.byte(0x52).cstring(e.routine); // R
   return w.byte(0).message(type);
 }
 

@@ -16,7 +16,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
 import { pgEnv, type RunningPostern, run, startPostern, waitUntil } from '../helpers/postern.ts';
-import { errorFields, startupMessage, typedMessage, Wire } from '../helpers/wire.ts';
+import { errorFields, scramLogin, startupMessage, typedMessage, Wire } from '../helpers/wire.ts';
 
 const PW = 'txs-pw';
 let dir: string;
@@ -292,6 +292,91 @@ describe('server-side prepared statements shared by text', () => {
     await sql.end();
     await a.end();
     await b.end();
+  });
+});
+
+describe('a prepared statement keeps the result type it was described with', () => {
+  test('postgres.js: a statement described before DDL, run on a server that must prepare it again, gets the new rows (after 0A000, as directly)', async () => {
+    const sql = postgres({ host: '127.0.0.1', port: one.port, user: 'app', database: 'appdb', max: 1 });
+    const other = await connected(one.port);
+    try {
+      await sql`create table reshaped (a int)`;
+      await sql`insert into reshaped values (1)`;
+      assert.deepEqual([...(await sql`select * from reshaped`.values())], [[1]]);
+      await sql`drop table reshaped`;
+      await sql`create table reshaped (a int, b bool, c text)`;
+      await sql`insert into reshaped values (2, true, 'x')`;
+      // The only server connection forgets Postern's statements: the next Bind needs a fresh Parse there.
+      await other.query('discard all');
+      assert.deepEqual([...(await sql`select * from reshaped`.values())], [[2, true, 'x']]);
+      assert.deepEqual([...(await sql`select * from reshaped`.values())], [[2, true, 'x']]);
+    } finally {
+      await sql`drop table if exists reshaped`.catch(() => {});
+      await sql.end();
+      await other.end();
+    }
+  });
+
+  test('raw protocol: Bind of a statement whose result type changed is refused with 0A000, as PostgreSQL refuses it, on any server connection', async () => {
+    const z = (t: string) => Buffer.from(`${t}\0`);
+    const i16 = (n: number) => Buffer.from([n >> 8, n & 255]);
+    const parse = typedMessage('P', Buffer.concat([z('st'), z('select * from reshaped2'), i16(0)]));
+    const describe = typedMessage('D', Buffer.concat([Buffer.from('S'), z('st')]));
+    const bind = typedMessage('B', Buffer.concat([z(''), z('st'), i16(0), i16(0), i16(0)]));
+    const execute = typedMessage('E', Buffer.concat([z(''), Buffer.alloc(4)]));
+    const sync = typedMessage('S');
+    const untilReady = async (w: Wire) => {
+      const out = await w.readUntil('Z');
+      while (out.at(-1)?.type !== 'Z') out.push(...(await w.readUntil('Z')));
+      return out;
+    };
+    const runOn = async (port: number, between: (w: Wire) => Promise<void>) => {
+      const w = await Wire.connect(port);
+      w.write(startupMessage({ user: 'app', database: 'appdb' }));
+      if (port === cluster.port) await scramLogin(w, PW);
+      else await untilReady(w);
+      w.write(simpleQuery('drop table if exists reshaped2; create table reshaped2 (a int)'));
+      await untilReady(w);
+      w.write(parse, describe, sync);
+      const described = await untilReady(w);
+      assert.ok(described.some((m) => m.type === 'T'));
+      w.write(simpleQuery('drop table reshaped2; create table reshaped2 (a text, b int)'));
+      await untilReady(w);
+      await between(w);
+      w.write(bind, execute, sync);
+      const r = await untilReady(w);
+      w.close();
+      const err = r.find((m) => m.type === 'E');
+      return {
+        code: err === undefined ? null : errorFields(err).code,
+        rows: r.filter((m) => m.type === 'D').length,
+        status: r.at(-1)?.body[0],
+      };
+    };
+    const begin = async (w: Wire) => {
+      w.write(simpleQuery('begin'));
+      await untilReady(w);
+    };
+    const direct = await runOn(cluster.port, async () => {});
+    assert.equal(direct.code, '0A000');
+    assert.equal(direct.status, 0x49);
+    // Inside a transaction block the block is aborted, as by any error.
+    const directInBlock = await runOn(cluster.port, begin);
+    assert.deepEqual(directInBlock, { ...direct, status: 0x45 });
+    const other = await connected(one.port);
+    try {
+      const through = await runOn(one.port, async () => {
+        await other.query('discard all');
+      });
+      assert.deepEqual(through, direct);
+      const throughInBlock = await runOn(one.port, async (w) => {
+        await other.query('discard all');
+        await begin(w);
+      });
+      assert.deepEqual(throughInBlock, directInBlock);
+    } finally {
+      await other.end();
+    }
   });
 });
 

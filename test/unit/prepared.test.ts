@@ -51,6 +51,26 @@ function parse(name: string, sql: string, types: readonly number[] = []): Buffer
 function bind(statement: string, params: readonly (string | null)[] = [], portal = ''): Buffer {
   return encodeBind(portal, statement, params);
 }
+function paramDesc(oids: number[]): Buffer {
+  const w = new Writer().int16(oids.length);
+  for (const o of oids) w.int32(o);
+  return w.message(BE.ParameterDescription);
+}
+
+function rowDesc(fields: Array<[string, number, number]>, table = 16384): Buffer {
+  const w = new Writer().int16(fields.length);
+  fields.forEach(([name, oid, typmod], i) => {
+    w.cstring(name)
+      .int32(table)
+      .int16(i + 1)
+      .int32(oid)
+      .int16(-1)
+      .int32(typmod)
+      .int16(0);
+  });
+  return w.message(BE.RowDescription);
+}
+
 function describeMsg(kind: 'S' | 'P', name: string): Buffer {
   return new Writer().byte(kind.charCodeAt(0)).cstring(name).message(FE.Describe);
 }
@@ -941,6 +961,85 @@ describe('PreparedRewriter frames', () => {
     assert.equal(err.code, '42P05');
     assert.equal(err.message, 'prepared statement "mine" already exists');
     assert.equal(t.rw.serverName('mine'), serverName, 'the original mapping stays');
+  });
+
+  it('a statement whose types clients know is described where it is prepared afresh; the Bind waits, then goes', () => {
+    const cache = new StatementCache();
+    const a = rig(100, cache);
+    a.send(parse('s', SQL.sel));
+    a.send(describeMsg('S', 's'));
+    a.send(SYNC);
+    a.reply(PC);
+    a.reply(paramDesc([INT4]));
+    a.reply(rowDesc([['v', INT4, -1]], 16384));
+    a.reply(Z_IDLE);
+    const entry = cache.entries()[0];
+    assert.ok(entry?.shape !== null && entry?.shape !== undefined);
+    a.rw.detach();
+    // The same client on a server that lacks the statement.
+    const other = new ServerStatements(100);
+    a.rw.attach(other);
+    a.toServer.length = 0;
+    a.toClient.length = 0;
+    a.send(bind('s', ['1']));
+    a.send(execute());
+    a.send(SYNC);
+    const name = entry?.name as string;
+    assert.deepEqual(
+      a.toServer,
+      [parse(name, SQL.sel), describeMsg('S', name), new Writer().message(FE.Flush)],
+      'the Bind waits for the description',
+    );
+    a.reply(PC);
+    a.reply(paramDesc([INT4]));
+    // Same types; the table was recreated (another table OID): still the same statement.
+    a.reply(rowDesc([['v', INT4, -1]], 99999));
+    assert.deepEqual(a.toServer.slice(3), [bind(name, ['1']), execute(), SYNC]);
+    assert.deepEqual(a.toClient, [], 'the injected Parse and Describe are not seen');
+    assert.equal(entry?.stale, false);
+  });
+
+  it('prepared afresh with another result type: the Bind is refused with 0A000 by a request the server fails, and later Parses get a new statement', () => {
+    const cache = new StatementCache();
+    const a = rig(100, cache);
+    a.send(parse('s', SQL.sel));
+    a.send(describeMsg('S', 's'));
+    a.send(SYNC);
+    for (const f of [PC, paramDesc([INT4]), rowDesc([['v', INT4, -1]]), Z_IDLE]) a.reply(f);
+    const entry = cache.entries()[0] as NonNullable<ReturnType<typeof cache.entries>[0]>;
+    a.rw.detach();
+    const other = new ServerStatements(100);
+    a.rw.attach(other);
+    a.toServer.length = 0;
+    a.toClient.length = 0;
+    a.send(bind('s', ['1']));
+    a.send(execute());
+    a.send(SYNC);
+    a.reply(PC);
+    a.reply(paramDesc([INT4]));
+    a.reply(
+      rowDesc([
+        ['v', 25, -1],
+        ['w', INT4, -1],
+      ]),
+    );
+    assert.equal(entry.stale, true);
+    assert.equal(cache.entries().includes(entry), false, 'retired');
+    const failing = a.toServer[3] as Buffer;
+    assert.equal(failing[0], FE.Bind);
+    assert.match(failing.toString('latin1'), /postern_none/);
+    assert.deepEqual(a.toServer.slice(4), [execute(), SYNC], 'the rest of the pipeline goes on for the server to skip');
+    a.reply(encodeError({ severity: 'ERROR', code: '26000', message: 'prepared statement "postern_none" does not exist' }));
+    a.reply(Z_IDLE);
+    const err = decodeNotice(a.toClient[0] as Buffer);
+    assert.equal(err.code, '0A000');
+    assert.equal(err.message, 'cached plan must not change result type');
+    assert.deepEqual(a.toClient.slice(1), [Z_IDLE]);
+    assert.ok(a.rw.idle);
+    // A new Parse of the same text is a new statement, prepared for real.
+    a.toServer.length = 0;
+    a.send(parse('t', SQL.sel));
+    assert.notEqual(a.rw.serverName('t'), entry.name);
   });
 
   it('rejects frames whose names are not terminated inside the frame', () => {
