@@ -124,6 +124,15 @@ function isAscii(s: string): boolean {
 export const SET_CONFIG_PARSE: Buffer = encodeParse('', 'select pg_catalog.set_config($1, $2, false)');
 /** Parse of the statement that reads one setting back (NULL when it does not exist). */
 export const READ_SETTING_PARSE: Buffer = encodeParse('', 'select pg_catalog.current_setting($1, true)');
+/**
+ * Parse of the statement that lists every setting the session itself changed
+ * (source 'session': SET, set_config, also from procedural code Postern cannot
+ * read), lower-case name and value. Placeholders (dotted names) are not listed.
+ */
+export const SESSION_SETTINGS_PARSE: Buffer = encodeParse(
+  '',
+  "select pg_catalog.lower(name), pg_catalog.current_setting(name) from pg_catalog.pg_settings where source = 'session'",
+);
 export const EXECUTE_UNNAMED: Buffer = encodeExecute('', 0);
 export { SYNC };
 
@@ -144,6 +153,23 @@ export function firstColumn(buf: Buffer, start: number, end: number, latin1: boo
   const len = buf.readInt32BE(start + 7);
   if (len < 0 || start + 11 + len > end) return null;
   return buf.toString(latin1 ? 'latin1' : 'utf8', start + 11, start + 11 + len);
+}
+
+/** Decodes the first two columns of a DataRow (text format); null for a malformed row or a NULL. */
+export function twoColumns(buf: Buffer, start: number, end: number, latin1: boolean): [string, string] | null {
+  if (end - start < 15 || buf.readInt16BE(start + 5) < 2) return null;
+  const enc = latin1 ? 'latin1' : 'utf8';
+  let at = start + 7;
+  const out: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    if (at + 4 > end) return null;
+    const len = buf.readInt32BE(at);
+    at += 4;
+    if (len < 0 || at + len > end) return null;
+    out.push(buf.toString(enc, at, at + len));
+    at += len;
+  }
+  return [out[0] as string, out[1] as string];
 }
 
 /** Startup parameters that are not settings (the rest are, as PostgreSQL treats them). */

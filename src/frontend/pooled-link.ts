@@ -36,9 +36,11 @@ import {
   gucKey,
   READ_ONLY_REPORTED,
   READ_SETTING_PARSE,
+  SESSION_SETTINGS_PARSE,
   SET_CONFIG_PARSE,
   SYNC,
   settingsDiff,
+  twoColumns,
   validationKey,
 } from '../backend/settings.ts';
 import type { PoolMode } from '../config/schema.ts';
@@ -48,6 +50,7 @@ import {
   decodeNotice,
   decodeParameterStatus,
   encodeError,
+  encodeNotice,
   encodeParameterStatus,
   encodeReadyForQuery,
   type NoticeFields,
@@ -151,6 +154,16 @@ const CLIENT_OBSERVED = typeTable([FE.Query, FE.Parse, FE.Bind, FE.Execute, FE.S
 const RFQ_IDLE = encodeReadyForQuery(TX.Idle);
 const DISCARD_SEQUENCES = encodeQuery('DISCARD SEQUENCES');
 const ROLLBACK = encodeQuery('ROLLBACK');
+/** PostgreSQL's WARNING when a module reserves the prefix of a placeholder a session had set (guc.c, MarkGUCPrefixReserved). */
+const PLACEHOLDER_REMOVED = /^invalid configuration parameter name "([^"]+)", removing it$/;
+
+/** A custom (dotted) setting name: a placeholder until a module defines it. */
+function isPlaceholder(key: string): boolean {
+  return key.includes('.');
+}
+
+/** The ledger key of the session-settings list in a ReadBack batch (no setting name holds a NUL). */
+const SESSION_LIST = '\u0000session';
 
 /** What one batch of Postern's own statements is for. */
 const BATCH = { Apply: 0, Validate: 1, ReadBack: 2 } as const;
@@ -178,6 +191,12 @@ class SettingsBatch implements LedgerOwner {
   readonly before = new Map<string, string | undefined>();
   /** Names this batch resets (NULL value). */
   readonly resets = new Set<string>();
+  /** ReadBack: names read for the connection's record only (an earlier client's leftovers, not this client's settings). */
+  readonly connOnly = new Set<string>();
+  /** ReadBack of every setting the session changed (after procedural code): name -> value; null when the list failed. */
+  listed: Map<string, string> | null = null;
+  /** Placeholders the server refused because their prefix is now reserved: removed from the client's settings. */
+  readonly removed = new Set<string>();
   readonly #latin1: boolean;
 
   constructor(link: PooledLink, conn: ServerConn, kind: BatchKind) {
@@ -189,13 +208,27 @@ class SettingsBatch implements LedgerOwner {
 
   frame(ledger: Ledger, at: number, type: number, buf: Buffer, start: number, end: number): void {
     const key = ledger.strAt(at);
-    if (type === BE.DataRow && key !== null) this.values.set(key, firstColumn(buf, start, end, this.#latin1));
+    if (type === BE.DataRow && key === SESSION_LIST) {
+      const row = twoColumns(buf, start, end, this.#latin1);
+      if (row !== null) this.listed?.set(row[0], row[1]);
+    } else if (type === BE.DataRow && key !== null) this.values.set(key, firstColumn(buf, start, end, this.#latin1));
     else if (type === BE.ErrorResponse) {
       const e = decodeNotice(buf, start, end);
       // Resetting a setting the server does not know: there is nothing to reset.
-      const nothingToReset = key !== null && this.resets.has(key) && e.code === '42704';
-      if (!nothingToReset) this.error ??= e;
-      if (key !== null && !nothingToReset) this.failedNames.add(key);
+      let gone = key !== null && this.resets.has(key) && e.code === '42704';
+      if (key !== null && e.code === SQLSTATE.InvalidName && isPlaceholder(key)) {
+        // A placeholder (a dotted name no loaded module defined) in a prefix a
+        // module has since reserved on this server: PostgreSQL removed it from
+        // the session that loaded the module, and would remove it here. A
+        // startup setting is still checked as at login.
+        if (this.resets.has(key)) gone = true;
+        else if (this.kind === BATCH.Apply) {
+          gone = true;
+          this.removed.add(key);
+        }
+      }
+      if (!gone) this.error ??= e;
+      if (key !== null && !gone) this.failedNames.add(key);
       if (e.severityV === 'FATAL' || e.severity === 'FATAL' || e.severityV === 'PANIC') this.#link.serverFatal(buf, start, end);
     }
   }
@@ -203,10 +236,24 @@ class SettingsBatch implements LedgerOwner {
   settled(ledger: Ledger, at: number, ok: boolean): void {
     const key = ledger.strAt(at);
     const kind = ledger.kindAt(at);
-    if (kind === REQ.Execute && key !== null) {
+    if (kind === REQ.Execute && key === SESSION_LIST) {
+      if (ok) this.#recordListed();
+      else this.listed = null;
+    } else if (kind === REQ.Execute && key !== null) {
       if (ok || !this.failedNames.has(key)) this.#record(key, ok ? (this.values.get(key) ?? null) : null);
       else this.#restore(key);
     } else if (kind === REQ.Sync && --this.pending === 0) this.#link.batchDone(this);
+  }
+
+  /**
+   * The session's own settings as the server listed them: the connection's
+   * record is exactly that (placeholders aside, which are read one by one).
+   */
+  #recordListed(): void {
+    const listed = this.listed as Map<string, string>;
+    const custom = this.conn.custom;
+    for (const key of [...custom.keys()]) if (!isPlaceholder(key) && !listed.has(key)) custom.delete(key);
+    for (const [key, v] of listed) if (!this.#link.isReported(key)) custom.set(key, v);
   }
 
   /** The server refused the change: the setting is what it was. */
@@ -263,6 +310,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   /** Unreported settings a session-level SET or RESET changed in the current transaction: read back when it ends. */
   #readBack: Set<string> | null = null;
   #readBackAll = false;
+  /** A DO block that may SET ran: every setting the session changed is listed and read back when the transaction ends. */
+  #readBackSession = false;
   /** Reported startup settings a RESET in the current transaction may have sent to the pool's login default. */
   #resetStartup: Set<string> | null = null;
   /** The startup settings as the server spelled them (what RESET gives back in a direct session). */
@@ -521,6 +570,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
           return;
         }
         for (const [key, v] of batch.values) if (v !== null && !this.isReported(key)) this.settings.set(key, v, false);
+        for (const key of batch.removed) this.#placeholderRemoved(key, true);
         conn.settingsOf = this.settings;
         conn.settingsVersion = this.settings.version;
         break;
@@ -553,8 +603,13 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
           break;
         }
         for (const [key, v] of batch.values) {
+          if (batch.connOnly.has(key)) continue;
           if (v === null) this.settings.unset(key);
           else this.settings.set(key, v, false);
+        }
+        if (batch.listed !== null) {
+          for (const key of [...this.settings.custom.keys()]) if (!isPlaceholder(key) && !batch.listed.has(key)) this.settings.unset(key);
+          for (const [key, v] of batch.listed) if (!this.isReported(key)) this.settings.set(key, v, false);
         }
         conn.settingsOf = this.settings;
         conn.settingsVersion = this.settings.version;
@@ -585,6 +640,26 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       this.#server.uncork();
     } else this.#held = held;
     this.#shell.resumeClient();
+  }
+
+  /**
+   * A custom placeholder of this client is gone: an extension reserved its
+   * prefix (PostgreSQL's WARNING at LOAD says so, and drops the setting).
+   * `tell`: Postern found it out, so the client hears that WARNING now.
+   */
+  #placeholderRemoved(key: string, tell: boolean): void {
+    if (!this.settings.custom.has(key)) return;
+    this.settings.unset(key);
+    if (!tell || !this.#greeted || this.#closed) return;
+    const prefix = key.slice(0, key.indexOf('.'));
+    this.#shell.send(
+      encodeNotice({
+        severity: 'WARNING',
+        code: SQLSTATE.InvalidName,
+        message: `invalid configuration parameter name "${key}", removing it`,
+        detail: `"${prefix}" is now a reserved prefix.`,
+      }),
+    );
   }
 
   #fatalFromServer(e: NoticeFields): void {
@@ -776,6 +851,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       // Until read back, what it is on this connection is not known.
       server?.custom.set(key, UNKNOWN_VALUE);
     }
+    if (fx.opaqueSets) this.#readBackSession = true;
     if (fx.resetAll) {
       this.#readBackAll = true;
       for (const key of this.#startupValues.keys()) {
@@ -866,6 +942,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     const ledger = conn.ledger;
     const ours = ledger.swallowingHead;
     if (type === BE.ParameterStatus) this.#onParameterStatus(buf, start, end, ours);
+    else if (type === BE.NoticeResponse && !ours) this.#onNotice(conn, buf, start, end);
     else if (type === BE.ErrorResponse && !ours) {
       const e = decodeNotice(buf, start, end);
       if (e.severityV === 'FATAL' || e.severityV === 'PANIC' || e.severity === 'FATAL' || e.severity === 'PANIC')
@@ -877,6 +954,18 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     if (this.#rw !== null) this.#rw.onServerFrame(type, buf, start, end);
     else ledger.onServerFrame(type, buf, start, end, false);
     if (this.#server === conn && ledger.idle) this.#idleCheck();
+  }
+
+  /** The server's WARNING that loading a module removed a placeholder setting (English messages only): the client's session lost it. */
+  #onNotice(conn: ServerConn, buf: Buffer, start: number, end: number): void {
+    if (this.settings.custom.size === 0 && conn.custom.size === 0) return;
+    const e = decodeNotice(buf, start, end);
+    if (e.code !== SQLSTATE.InvalidName || e.message === undefined) return;
+    const m = PLACEHOLDER_REMOVED.exec(e.message);
+    if (m === null) return;
+    const key = gucKey(m[1] as string);
+    this.#placeholderRemoved(key, false);
+    if (!this.isReported(key)) conn.custom.delete(key);
   }
 
   /** A reported setting changed: it is the client's from now on, and goes with it to the next server. */
@@ -945,7 +1034,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     if (!ledger.idle || ledger.txStatus !== TX.Idle || !this.#greeted) return;
     if (this.#rw !== null && !this.#rw.idle) return;
     if (this.#resetStartup !== null && this.#restoreStartup(conn)) return;
-    if ((this.#readBack !== null || this.#readBackAll) && this.pinned === null) {
+    if ((this.#readBack !== null || this.#readBackAll || this.#readBackSession) && this.pinned === null) {
       this.#pushReadBack(conn);
       return;
     }
@@ -979,20 +1068,43 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
 
   #pushReadBack(conn: ServerConn): void {
     const names = this.#readBack ?? new Set<string>();
+    const session = this.#readBackSession;
+    // Names only the connection's record holds (an earlier client's, reset for this one): read back for that record, never taken as this client's.
+    const connOnly = new Set<string>();
     if (this.#readBackAll) {
       for (const k of this.settings.custom.keys()) names.add(k);
-      for (const k of conn.custom.keys()) names.add(k);
+      for (const k of conn.custom.keys()) if (!names.has(k)) connOnly.add(k);
     }
+    if (session) {
+      // The list covers every built-in setting; placeholders are read by name.
+      for (const k of this.settings.custom.keys()) if (isPlaceholder(k)) names.add(k);
+      for (const k of conn.custom.keys()) if (isPlaceholder(k) && !names.has(k)) connOnly.add(k);
+      for (const k of names) if (!isPlaceholder(k)) names.delete(k);
+      for (const k of connOnly) if (!isPlaceholder(k)) connOnly.delete(k);
+    }
+    for (const k of connOnly) names.add(k);
     this.#readBack = null;
     this.#readBackAll = false;
-    if (names.size === 0) {
+    this.#readBackSession = false;
+    if (names.size === 0 && !session) {
       this.#idleCheck();
       return;
     }
     const batch = new SettingsBatch(this, conn, BATCH.ReadBack);
+    for (const k of connOnly) batch.connOnly.add(k);
     const ledger = conn.ledger;
-    const out: Buffer[] = [READ_SETTING_PARSE];
-    ledger.push(REQ.Parse, WHO.Postern, batch);
+    const out: Buffer[] = [];
+    if (session) {
+      batch.listed = new Map();
+      out.push(SESSION_SETTINGS_PARSE, bindParams(), EXECUTE_UNNAMED);
+      ledger.push(REQ.Parse, WHO.Postern, batch);
+      ledger.push(REQ.Bind, WHO.Postern, batch, 0, 0, null, SESSION_LIST);
+      ledger.push(REQ.Execute, WHO.Postern, batch, 0, 0, null, SESSION_LIST);
+    }
+    if (names.size > 0) {
+      out.push(READ_SETTING_PARSE);
+      ledger.push(REQ.Parse, WHO.Postern, batch);
+    }
     for (const key of names) {
       out.push(bindParams(key), EXECUTE_UNNAMED);
       ledger.push(REQ.Bind, WHO.Postern, batch, 0, 0, null, key);

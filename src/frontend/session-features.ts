@@ -24,9 +24,15 @@ export interface SessionEffects {
   readonly resetAll: boolean;
   /** Protocol-level statements to forget: a name, or null for all (DEALLOCATE ALL, DISCARD ALL). */
   readonly forget: ReadonlyArray<string | null>;
+  /**
+   * A DO block whose body may change settings (its text holds "set": SET,
+   * RESET, set_config): the settings are read back from the server, since
+   * the body's statements are not classified.
+   */
+  readonly opaqueSets: boolean;
 }
 
-export const NONE: SessionEffects = Object.freeze({ pin: null, sets: [], resetAll: false, forget: [] });
+export const NONE: SessionEffects = Object.freeze({ pin: null, sets: [], resetAll: false, forget: [], opaqueSets: false });
 const CACHE_MAX = 10_000;
 const cache = new Map<string, SessionEffects>();
 
@@ -67,7 +73,9 @@ export function compute(sql: string, scs: boolean): SessionEffects {
   const sets: Array<readonly [string, string]> = [];
   const forget: Array<string | null> = [];
   let resetAll = false;
+  let opaqueSets = false;
   for (const st of classify(sql, { standardConformingStrings: scs })) {
+    if (st.firstKeyword === 'do' && /set/i.test(sql.slice(st.start, st.end))) opaqueSets = true;
     if (st.sessionAdvisoryLock) pin ??= 'session advisory lock';
     if (st.setConfigSession || st.setConfigUndetermined) pin ??= 'set_config(..., false)';
     switch (st.kind) {
@@ -115,8 +123,8 @@ export function compute(sql: string, scs: boolean): SessionEffects {
         break;
     }
   }
-  if (pin === null && sets.length === 0 && !resetAll && forget.length === 0) return NONE;
-  return { pin, sets, resetAll, forget };
+  if (pin === null && sets.length === 0 && !resetAll && forget.length === 0 && !opaqueSets) return NONE;
+  return { pin, sets, resetAll, forget, opaqueSets };
 }
 
 // ---------------------------------------------------------------- sequences

@@ -22,6 +22,7 @@ export const SQLSTATE = {
   InternalError: 'XX000',
   InsufficientPrivilege: '42501',
   SyntaxError: '42601',
+  InvalidName: '42602',
   UndefinedObject: '42704',
   InvalidParameterValue: '22023',
   ConfigFileError: 'F0000',

@@ -41,6 +41,25 @@ async function value(c: pg.Client, sql: string): Promise<unknown> {
   return r.rows[0] === undefined ? undefined : Object.values(r.rows[0])[0];
 }
 
+function config(size: number) {
+  return {
+    tls: { mode: 'disable' },
+    auth: { hba_file: join(dir, 'hba.conf') },
+    pool: { pool_mode: 'transaction', default_pool_size: size },
+    databases: { appdb: { host: cluster.host, port: cluster.port, server_password: PW, tls: { mode: 'disable' } } },
+    log: { level: 'info' },
+  };
+}
+
+/** The notices a pg client receives, as "SEVERITY: message". */
+function notices(c: pg.Client): string[] {
+  const out: string[] = [];
+  c.on('notice', (n) => {
+    out.push(`${n.severity}: ${n.message}`);
+  });
+  return out;
+}
+
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'postern-txs-'));
   cluster = await startPostgres({ users: [{ name: 'app', password: PW }], databases: [{ name: 'appdb', owner: 'app' }] });
@@ -50,13 +69,6 @@ before(async () => {
     password: PW,
   });
   writeFileSync(join(dir, 'hba.conf'), 'host all all 127.0.0.1/32 trust\n');
-  const config = (size: number) => ({
-    tls: { mode: 'disable' },
-    auth: { hba_file: join(dir, 'hba.conf') },
-    pool: { pool_mode: 'transaction', default_pool_size: size },
-    databases: { appdb: { host: cluster.host, port: cluster.port, server_password: PW, tls: { mode: 'disable' } } },
-    log: { level: 'info' },
-  });
   one = await startPostern(config(1));
   two = await startPostern(config(2));
 });
@@ -246,6 +258,68 @@ describe('per-session state of other kinds', () => {
     assert.equal(await value(b, `select currval('s')`), n);
     await b.query('commit');
     await b.end();
+  });
+
+  test('settings a DO block changes are read back from the server: they go with the client, never to the next one', async () => {
+    const a = await connected(one.port);
+    await a.query(`do $$ begin set enable_bitmapscan = off; perform set_config('work_mem', '7MB', false); end $$`);
+    const b = await connected(one.port);
+    // b runs on the server connection a used: PostgreSQL's defaults, not a's values.
+    assert.equal(await value(b, 'show enable_bitmapscan'), 'on');
+    assert.equal(await value(b, 'show work_mem'), '4MB');
+    assert.equal(await value(a, 'show enable_bitmapscan'), 'off');
+    assert.equal(await value(a, 'show work_mem'), '7MB');
+    await a.query(`do $$ begin reset enable_bitmapscan; end $$`);
+    assert.equal(await value(b, 'show enable_bitmapscan'), 'on');
+    assert.equal(await value(a, 'show enable_bitmapscan'), 'on');
+    assert.equal(await value(a, 'show work_mem'), '7MB');
+    await a.end();
+    await b.end();
+  });
+
+  test('a placeholder whose prefix a module reserved later is removed with PostgreSQL warning, and never ends a session', async () => {
+    // A Postern of its own: its one server connection has not loaded PL/pgSQL yet.
+    const fresh = await startPostern(config(1));
+    try {
+      const a = await connected(fresh.port);
+      const aSaw = notices(a);
+      await a.query('set plpgsql.extra_foo_warnings = true');
+      assert.equal(await value(a, `select current_setting('plpgsql.extra_foo_warnings')`), 'true');
+      const b = await connected(fresh.port);
+      // Loads PL/pgSQL on the shared connection (which then holds the reset placeholder Postern cannot undefine).
+      await b.query('do $$ begin end $$');
+      // a's next transaction: its placeholder cannot be set on a server where the prefix is reserved; as
+      // PostgreSQL does when a module loads, the setting is dropped with a WARNING, and the query runs.
+      assert.equal(await value(a, `select current_setting('plpgsql.extra_foo_warnings', true)`), null);
+      assert.ok(
+        aSaw.some((n) => /^WARNING: invalid configuration parameter name "plpgsql.extra_foo_warnings", removing it$/.test(n)),
+        aSaw.join('\n'),
+      );
+      await a.end();
+      await b.end();
+    } finally {
+      await fresh.close();
+    }
+    const again = await startPostern(config(1));
+    try {
+      const a = await connected(again.port);
+      const aSaw = notices(a);
+      await a.query('set plpgsql.extra_foo_warnings = true');
+      // The same session loads the module: PostgreSQL's own WARNING, and the setting is gone from the session.
+      await a.query('do $$ begin end $$');
+      assert.ok(
+        aSaw.some((n) => /removing it$/.test(n)),
+        aSaw.join('\n'),
+      );
+      await a.end();
+      // The next client of that connection is served (before: FATAL, Postern's reset of the lost placeholder failed).
+      const c = await connected(again.port);
+      assert.equal(await value(c, 'select 1'), 1);
+      assert.equal(await value(c, `select current_setting('plpgsql.extra_foo_warnings', true)`), null);
+      await c.end();
+    } finally {
+      await again.close();
+    }
   });
 
   test('a replication startup is refused in a pooled mode, naming the setting', async () => {
