@@ -26,7 +26,7 @@ if (files.length === 0) {
 const concurrency = process.env.POSTERN_TEST_CONCURRENCY ?? '2';
 const r = spawnSync(
   process.execPath,
-  ['--test', '--test-force-exit', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files],
+  ['--test', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files],
   {
     stdio: 'inherit',
   },
