@@ -25,6 +25,7 @@ import {
   decodeSaslMechanisms,
   type NoticeFields,
 } from '../protocol/backend.ts';
+import { WriteBatch } from '../protocol/coalesce.ts';
 import { AUTH, BE, VALID_BACKEND } from '../protocol/codes.ts';
 import { type FrameSink, MessageStream } from '../protocol/framer.ts';
 import {
@@ -281,6 +282,8 @@ export class ServerConn implements FrameSink {
   }
   readonly log: Logger;
   #socket: net.Socket | null = null;
+  /** Writes to #socket, joined into runs while corked. */
+  #batch: WriteBatch | null = null;
   #stream: MessageStream | null = null;
   #link: ServerLink | null = null;
   #closed = false;
@@ -310,6 +313,7 @@ export class ServerConn implements FrameSink {
     const transport = await connectServer(t.host, t.port, t.tls, t.connectTimeout, this.#readInto);
     const socket = transport.socket;
     this.#socket = socket;
+    this.#batch = new WriteBatch(socket);
     this.tls = transport.tls;
     this.#stream = new MessageStream(this, ALL_BACKEND, inspect, maxMessage);
     if (!transport.onread) socket.on('data', (chunk: Buffer) => this.#onChunk(chunk));
@@ -436,7 +440,7 @@ export class ServerConn implements FrameSink {
       };
       this.attach(link, ALL_BACKEND);
       const w = [encodeParse('', sql), encodeBind('', '', params), encodeExecute('', 0), SYNC];
-      this.#socket?.write(Buffer.concat(w));
+      this.write(Buffer.concat(w));
     });
   }
 
@@ -470,19 +474,21 @@ export class ServerConn implements FrameSink {
   }
 
   write(buf: Buffer): boolean {
-    return this.#socket?.write(buf) ?? false;
+    return this.#batch?.write(buf) ?? false;
   }
 
   pause(): void {
     this.#socket?.pause();
   }
 
-  /** Batch the writes until uncork() into one (see net.Socket cork). */
+  /** Batch the writes until uncork() into one (see net.Socket cork); frames of one chunk are joined back into runs. */
   cork(): void {
     this.#socket?.cork();
+    this.#batch?.begin();
   }
 
   uncork(): void {
+    this.#batch?.end();
     this.#socket?.uncork();
   }
 
@@ -500,6 +506,8 @@ export class ServerConn implements FrameSink {
     if (this.#closed) return;
     this.#end();
     const s = this.#socket;
+    // What a batch still joins goes first (its frames precede the Terminate).
+    this.#batch?.end();
     if (s !== null && !s.destroyed) {
       if (terminate) s.write(TERMINATE);
       s.end();
@@ -509,6 +517,7 @@ export class ServerConn implements FrameSink {
 
   destroy(): void {
     if (!this.#closed) this.#end();
+    this.#batch?.drop();
     this.#socket?.destroy();
   }
 

@@ -24,6 +24,7 @@ import {
   encodeParameterStatus,
   encodeReadyForQuery,
 } from '../protocol/backend.ts';
+import { WriteBatch } from '../protocol/coalesce.ts';
 import { FE, frontendLimits, LATEST_MINOR, TX, typeTable, VALID_FRONTEND } from '../protocol/codes.ts';
 import { type FrameSink, MessageStream } from '../protocol/framer.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
@@ -74,6 +75,8 @@ export class ClientSession implements SessionHandle {
   readonly #raw: net.Socket;
   /** The socket the client speaks on: the raw one, or the TLS one after an upgrade. */
   #client: net.Socket;
+  /** Writes to #client, joined into runs around one server chunk. */
+  #out: WriteBatch;
   #state: SessionState = STATE.Negotiating;
   #tls: TlsInfo | null = null;
   #handshake: Handshake | null;
@@ -108,6 +111,7 @@ export class ClientSession implements SessionHandle {
     this.id = ctx.nextId();
     this.#raw = socket;
     this.#client = socket;
+    this.#out = new WriteBatch(socket);
     socket.setNoDelay(true);
     socket.on('error', this.#onClientError);
     socket.on('close', this.#onClientClose);
@@ -192,6 +196,7 @@ export class ClientSession implements SessionHandle {
   #onSecured(sock: tls.TLSSocket, info: TlsInfo): void {
     this.#tls = info;
     this.#client = sock;
+    this.#out = new WriteBatch(sock);
     sock.on('error', this.#onClientError);
     this.#state = STATE.Negotiating;
   }
@@ -469,14 +474,14 @@ export class ClientSession implements SessionHandle {
   #send(buf: Buffer): void {
     this.bytesOut += buf.length;
     if (this.#traffic !== null) this.#traffic.sent += buf.length;
-    this.#client.write(buf);
+    this.#out.write(buf);
   }
 
   /** Forwarded bytes to the client; false when its socket is full (the caller pauses the server). */
   #toClient(buf: Buffer, start: number, end: number): boolean {
     this.bytesOut += end - start;
     if (this.#traffic !== null) this.#traffic.sent += end - start;
-    return this.#client.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
+    return this.#out.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
   }
 
   /** Around one server chunk: cork the client so what it makes Postern send leaves in one write; at the end, true when the socket still holds views of the chunk. */
@@ -484,8 +489,10 @@ export class ClientSession implements SessionHandle {
     const client = this.#client;
     if (start) {
       client.cork();
+      this.#out.begin();
       return false;
     }
+    this.#out.end();
     client.uncork();
     return client.writableLength > 0;
   }
@@ -626,6 +633,8 @@ export class ClientSession implements SessionHandle {
     this.#stream?.kill();
     this.#relay?.close(clientAtBoundary);
     const client = this.#client;
+    // What is joined goes out before the end; a write after it is the socket's error, as before.
+    this.#out.end();
     if (!client.destroyed) {
       client.end();
       setTimeout(() => client.destroy(), 5000).unref();
@@ -639,6 +648,7 @@ export class ClientSession implements SessionHandle {
   /** Immediate close without a goodbye. */
   #destroy(): void {
     this.#close();
+    this.#out.drop();
     this.#client.destroy();
     this.#raw.destroy();
   }

@@ -5,6 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { WriteBatch } from '../../src/protocol/coalesce.ts';
 import { BE, MAX_STARTUP_PACKET, VALID_BACKEND } from '../../src/protocol/codes.ts';
 import { BAD_LENGTH, type FrameSink, MessageStream, NEED_MORE, startupFrame, TOO_LARGE } from '../../src/protocol/framer.ts';
 import { VIOLATION, type ViolationKind } from '../../src/protocol/violation.ts';
@@ -551,5 +552,90 @@ describe('MessageStream: peek', () => {
     assert.deepEqual(rec.peeks, []);
     const plain = makeStream(INSPECT).stream;
     assert.throws(() => plain.setPeek(PEEK), /onPeek/);
+  });
+});
+
+// ---------------------------------------------------------------- write batches
+
+describe('WriteBatch: frames of one chunk written back as runs', () => {
+  class Sink {
+    readonly writes: Buffer[] = [];
+    writableNeedDrain = false;
+    readonly hwm: number;
+    constructor(hwm = Number.POSITIVE_INFINITY) {
+      this.hwm = hwm;
+    }
+    write(buf: Buffer): boolean {
+      this.writes.push(Buffer.from(buf));
+      return this.writes.reduce((n, b) => n + b.length, 0) < this.hwm;
+    }
+  }
+
+  it('contiguous views of one chunk become one write; the bytes are the input in order, whatever the cuts', () => {
+    for (let seed = 1; seed <= 200; seed++) {
+      let x = seed;
+      const rnd = (n: number) => {
+        x = (x * 1103515245 + 12345) % 2147483648;
+        return x % n;
+      };
+      const chunk = Buffer.alloc(200 + rnd(300));
+      for (let i = 0; i < chunk.length; i++) chunk[i] = rnd(256);
+      const sink = new Sink();
+      const batch = new WriteBatch(sink, 1_000_000);
+      batch.begin();
+      const expected: Buffer[] = [];
+      let at = 0;
+      let breaks = 0;
+      while (at < chunk.length) {
+        const end = Math.min(chunk.length, at + 1 + rnd(40));
+        if (rnd(5) === 0) {
+          // Something of Postern's own between two frames: its own buffer, never merged with the chunk.
+          const own = Buffer.from(`own${seed}`);
+          batch.write(own);
+          expected.push(own);
+          breaks++;
+        }
+        const skip = rnd(7) === 0 && end < chunk.length;
+        if (!skip) {
+          batch.write(chunk.subarray(at, end));
+          expected.push(chunk.subarray(at, end));
+        } else breaks++;
+        at = end;
+      }
+      batch.end();
+      assert.deepEqual(Buffer.concat(sink.writes), Buffer.concat(expected));
+      assert.ok(sink.writes.length <= 2 * breaks + 1, `${sink.writes.length} writes for ${breaks} breaks`);
+    }
+  });
+
+  it('writes go straight through outside a batch, and a dropped batch writes nothing more', () => {
+    const sink = new Sink();
+    const batch = new WriteBatch(sink);
+    const chunk = Buffer.from('abcdef');
+    batch.write(chunk.subarray(0, 2));
+    batch.write(chunk.subarray(2, 4));
+    assert.equal(sink.writes.length, 2);
+    batch.begin();
+    batch.write(chunk.subarray(4, 6));
+    batch.drop();
+    batch.end();
+    assert.equal(Buffer.concat(sink.writes).toString(), 'abcd');
+  });
+
+  it('backpressure: a run flushes at the limit, and write() answers what the socket said', () => {
+    const sink = new Sink(100);
+    const batch = new WriteBatch(sink, 64);
+    const chunk = Buffer.alloc(400, 0x61);
+    batch.begin();
+    const answers: boolean[] = [];
+    for (let at = 0; at < 400; at += 10) answers.push(batch.write(chunk.subarray(at, at + 10)));
+    assert.equal(batch.end(), false);
+    assert.equal(Buffer.concat(sink.writes).length, 400);
+    assert.ok(sink.writes.every((w) => w.length <= 64 + 10));
+    assert.ok(answers.includes(false), 'the socket said wait, and the writer heard it');
+    sink.writableNeedDrain = true;
+    batch.begin();
+    assert.equal(batch.write(Buffer.from('x')), false, 'a socket that needs a drain says so from the start');
+    batch.end();
   });
 });
