@@ -24,11 +24,9 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.POSTERN_TEST_CONCURRENCY ?? '2';
-const r = spawnSync(
-  process.execPath,
-  ['--test', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files],
-  {
-    stdio: 'inherit',
-  },
-);
+// No --test-force-exit: it can end the run while a file still has suites to
+// run and report success without them. Every file must end by itself.
+const r = spawnSync(process.execPath, ['--test', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files], {
+  stdio: 'inherit',
+});
 process.exit(r.status ?? 1);
