@@ -81,6 +81,8 @@ export interface LinkShell {
   toClient(buf: Buffer, start: number, end: number): boolean;
   /** Cork (true) / uncork (false) the client socket around one server chunk; at the end, true when it still refers to queued bytes. */
   clientChunk(start: boolean): boolean;
+  /** Inside a server chunk: sends what is batched for the client now. */
+  flushClient(): void;
   pauseClient(): void;
   resumeClient(): void;
   /** AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery: the session is active. */
@@ -1135,6 +1137,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
         conn.settingsKey = null;
         break;
       }
+    // The client's answer leaves before the connection serves the next client (whose query the pool writes at once).
+    this.#shell.flushClient();
     this.pool.release(conn, reusable);
     // The server's 'drain' will not reach this session any more: a client
     // paused by that server's backpressure reads again now.

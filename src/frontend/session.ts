@@ -324,6 +324,7 @@ export class ClientSession implements SessionHandle {
       send: (buf) => this.#send(buf),
       toClient: (buf, start, end) => this.#toClient(buf, start, end),
       clientChunk: (start) => this.#clientChunk(start),
+      flushClient: () => this.#flushClient(),
       pauseClient: () => this.#client.pause(),
       resumeClient: () => this.#resumeClient(),
       greet: (params) => this.#greet(params),
@@ -495,6 +496,15 @@ export class ClientSession implements SessionHandle {
     this.#out.end();
     client.uncork();
     return client.writableLength > 0;
+  }
+
+  /** Mid-chunk: what is batched for the client leaves now (its answer is complete), and batching goes on. */
+  #flushClient(): void {
+    if (!this.#out.open) return;
+    this.#out.end();
+    this.#client.uncork();
+    this.#client.cork();
+    this.#out.begin();
   }
 
   /** The client's frames, to whichever room reads them now. */

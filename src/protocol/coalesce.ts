@@ -28,6 +28,11 @@ export class WriteBatch {
     this.#limit = limit;
   }
 
+  /** True between begin() and end(). */
+  get open(): boolean {
+    return this.#open;
+  }
+
   /** Starts joining writes (calls may nest only by a matching end()). */
   begin(): void {
     this.#open = true;

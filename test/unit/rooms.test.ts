@@ -302,6 +302,7 @@ describe('pooled link, the paths without a server', () => {
       send: (b) => sent.push(Buffer.from(b)),
       toClient: () => true,
       clientChunk: () => false,
+      flushClient() {},
       pauseClient() {},
       resumeClient() {},
       greet: (p) => greeted.push(p),
