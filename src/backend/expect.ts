@@ -136,6 +136,13 @@ export function requestOf(type: number): Req | -1 {
   }
 }
 
+/** requestOf as a type table: the client frames that earn an answer (1), for a framer to count or inspect. */
+export const CLIENT_REQUESTS: Uint8Array = (() => {
+  const t = new Uint8Array(256);
+  for (let type = 0; type < 256; type++) if (requestOf(type) !== -1) t[type] = 1;
+  return t;
+})();
+
 export class Ledger {
   // The ring: #count slots from #head, capacity a power of two.
   #kind = new Uint8Array(16);

@@ -54,7 +54,7 @@ import { decodeNotice, encodeError } from '../protocol/backend.ts';
 import { BE, FE, TX, typeTable } from '../protocol/codes.ts';
 import { ProtocolViolation, VIOLATION } from '../protocol/violation.ts';
 import { Writer } from '../protocol/writer.ts';
-import { Ledger, type LedgerOwner, type LedgerRoute, REQ, type Req, requestOf, WHO, type Who } from './expect.ts';
+import { CLIENT_REQUESTS, Ledger, type LedgerOwner, type LedgerRoute, REQ, type Req, requestOf, WHO, type Who } from './expect.ts';
 
 /** Synthetic answers, built once. */
 export const PARSE_COMPLETE: Buffer = new Writer().message(BE.ParseComplete);
@@ -66,18 +66,7 @@ export const CLOSE_COMPLETE: Buffer = new Writer().message(BE.CloseComplete);
  * COPY). The bytes of all other frames go through onClientBytes, which passes
  * them straight on unless input is being held back.
  */
-export const PREPARED_CLIENT_INSPECT: Uint8Array = typeTable([
-  FE.Parse,
-  FE.Bind,
-  FE.Describe,
-  FE.Execute,
-  FE.Close,
-  FE.Sync,
-  FE.Query,
-  FE.FunctionCall,
-  FE.CopyDone,
-  FE.CopyFail,
-]);
+export const PREPARED_CLIENT_INSPECT: Uint8Array = CLIENT_REQUESTS;
 
 /**
  * Server frames the rewriter must see whole: the ones that complete a request,
@@ -633,15 +622,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
         return;
       }
       // Let the server refuse a duplicate of its own statement, in this position.
-      const ready = this.#ensure(server, ledger, existing);
-      if (ready >= 0) {
-        this.#hold(ready, buf, start, end);
-        return;
-      }
-      if (ready === STALE) {
-        this.#refuse(ledger, duplicateError(name));
-        return;
-      }
+      if (this.#ensureOrStop(server, ledger, existing, buf, start, end, () => duplicateError(name))) return;
       this.#push(ledger, REQ.Parse, WHO.Postern, T.ParseDuplicate, existing, name, 0);
       this.#sink.toServer(existing.parse, 0, existing.parse.length);
       return;
@@ -705,15 +686,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
       this.#sink.toServer(buf, start, end);
       return;
     }
-    const ready = this.#ensure(server, ledger, entry);
-    if (ready >= 0) {
-      this.#hold(ready, buf, start, end);
-      return;
-    }
-    if (ready === STALE) {
-      this.#refuse(ledger, RESULT_TYPE_CHANGED);
-      return;
-    }
+    if (this.#ensureOrStop(server, ledger, entry, buf, start, end, resultTypeChanged)) return;
     this.#sink.bound?.(entry);
     const nameZ = entry.nameZ;
     const len = end - start - (nameEnd + 1 - nameStart) + nameZ.length;
@@ -740,15 +713,7 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
         return;
       }
       if (entry !== undefined) {
-        const ready = this.#ensure(server, ledger, entry);
-        if (ready >= 0) {
-          this.#hold(ready, buf, start, end);
-          return;
-        }
-        if (ready === STALE) {
-          this.#refuse(ledger, RESULT_TYPE_CHANGED);
-          return;
-        }
+        if (this.#ensureOrStop(server, ledger, entry, buf, start, end, resultTypeChanged)) return;
         this.#push(ledger, REQ.Describe, WHO.Client, T.UsesStatement, entry, null, 0);
         this.#sink.toServer(entry.describe, 0, entry.describe.length);
         return;
@@ -781,6 +746,27 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     }
     ledger.push(REQ.Close, WHO.Client, this, T.Plain);
     this.#sink.toServer(buf, start, end);
+  }
+
+  /**
+   * #ensure for the frame at buf[start, end): true when the frame is taken
+   * care of here (held until the statement's description is back, or refused
+   * with `stale()` when the statement is stale); false: send it now.
+   */
+  #ensureOrStop(
+    server: ServerStatements,
+    ledger: Ledger,
+    entry: CachedStatement,
+    buf: Buffer,
+    start: number,
+    end: number,
+    stale: () => Buffer,
+  ): boolean {
+    const ready = this.#ensure(server, ledger, entry);
+    if (ready >= 0) this.#hold(ready, buf, start, end);
+    else if (ready === STALE) this.#refuse(ledger, stale());
+    else return false;
+    return true;
   }
 
   /**
@@ -1110,6 +1096,11 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
 }
 
 /** PostgreSQL's 42P05 for a Parse of a name the session already has. */
+/** The error of a Bind or Describe of a stale statement (a function, for #ensureOrStop). */
+function resultTypeChanged(): Buffer {
+  return RESULT_TYPE_CHANGED;
+}
+
 function duplicateError(clientName: string): Buffer {
   const name = Buffer.from(clientName, 'latin1').toString('utf8');
   return encodeError({
