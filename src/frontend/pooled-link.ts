@@ -16,7 +16,7 @@
 // It knows the session shell only through LinkShell; it never sees the
 // client's socket.
 
-import { type Ledger, type LedgerOwner, type LedgerRoute, REQ, requestOf, WHO } from '../backend/expect.ts';
+import { CLIENT_REQUESTS, type Ledger, type LedgerOwner, type LedgerRoute, REQ, requestOf, WHO } from '../backend/expect.ts';
 import type { Pool, PoolWaiter } from '../backend/pool.ts';
 import {
   type CachedStatement,
@@ -61,6 +61,7 @@ import { encodeQuery } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { TrafficStats } from '../stats/registry.ts';
+import { serverLost } from './server-lost.ts';
 import { mayBeDdl, mayHaveAnyEffect, mayUseSequences, sessionEffects } from './session-features.ts';
 import type { StatementHook, StatementObserver } from './statement-hook.ts';
 
@@ -129,19 +130,6 @@ const SERVER_REWRITE = (() => {
 /** Otherwise completions are only looked at, in their runs (the ledger and the statistics tracker). */
 const SERVER_PEEK = typeTable(COMPLETIONS);
 
-/** Client frames that earn an answer (the ledger queues them as their headers go by). */
-const CLIENT_REQUESTS = typeTable([
-  FE.Parse,
-  FE.Bind,
-  FE.Describe,
-  FE.Execute,
-  FE.Close,
-  FE.Sync,
-  FE.Query,
-  FE.FunctionCall,
-  FE.CopyDone,
-  FE.CopyFail,
-]);
 const CLIENT_TERMINATE = typeTable([FE.Terminate]);
 /** Transaction/statement mode without the rewriter: statement texts for the statement hook. */
 const CLIENT_STATEMENTS = typeTable([FE.Terminate, FE.Query, FE.Parse]);
@@ -1000,21 +988,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     if (this.#server !== conn) return;
     this.#server = null;
     this.#rw?.reset();
-    if (this.#serverSaidFatal) {
-      this.#shell.close();
-      return;
-    }
-    this.#shell.logFor(conn).warn({ database: this.#shell.database }, 'server closed the connection unexpectedly');
-    if (conn.atBoundary) {
-      this.#shell.fatal(
-        SQLSTATE.ConnectionFailure,
-        'server closed the connection unexpectedly',
-        'This probably means the server terminated abnormally before or while processing the request.',
-      );
-    } else {
-      // Mid-message: an error frame would be read as the rest of that message.
-      this.#shell.destroy();
-    }
+    serverLost(this.#shell, conn, this.#shell.database, this.#serverSaidFatal);
   }
 
   onServerDrain(): void {

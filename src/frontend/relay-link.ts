@@ -9,7 +9,7 @@
 // The server's end ends the session.
 
 import { ServerConnectError } from '../backend/connect.ts';
-import { type Ledger, type Req, requestOf, WHO } from '../backend/expect.ts';
+import { CLIENT_REQUESTS, type Ledger, type Req, requestOf, WHO } from '../backend/expect.ts';
 import { ServerConn, type ServerLink } from '../backend/server-conn.ts';
 import type { Context } from '../context.ts';
 import type { Logger } from '../observability/log.ts';
@@ -29,6 +29,7 @@ import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { encodeStartup } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import type { Startup } from './handshake.ts';
+import { serverLost } from './server-lost.ts';
 
 /** Server messages Postern must act on while a relayed session starts. */
 const SERVER_INSPECT_STARTUP = typeTable([
@@ -56,19 +57,6 @@ const SERVER_PEEK = typeTable([
   BE.PortalSuspended,
   BE.CopyInResponse,
   BE.ReadyForQuery,
-]);
-/** Client frames that earn an answer: the ledger queues them as their headers go by. */
-const CLIENT_REQUESTS = typeTable([
-  FE.Parse,
-  FE.Bind,
-  FE.Describe,
-  FE.Execute,
-  FE.Close,
-  FE.Sync,
-  FE.Query,
-  FE.FunctionCall,
-  FE.CopyDone,
-  FE.CopyFail,
 ]);
 /** While relaying auth: SASLInitialResponse too (to catch a channel-binding downgrade the server would refuse). */
 const CLIENT_INSPECT_RELAY = typeTable([FE.Terminate, FE.Password]);
@@ -374,21 +362,7 @@ export class RelayLink implements ServerLink {
     const server = this.#server;
     if (this.#closed || server === null) return;
     this.#server = null;
-    if (this.#serverSaidFatal) {
-      this.#host.close();
-      return;
-    }
-    this.#host.logFor(server).warn({ database: this.#s.database }, 'server closed the connection unexpectedly');
-    if (server.atBoundary) {
-      this.#host.fatal(
-        SQLSTATE.ConnectionFailure,
-        'server closed the connection unexpectedly',
-        'This probably means the server terminated abnormally before or while processing the request.',
-      );
-    } else {
-      // Mid-message: an error frame would be read as the rest of that message.
-      this.#host.destroy();
-    }
+    serverLost(this.#host, server, this.#s.database, this.#serverSaidFatal);
   }
 
   onServerDrain(): void {
