@@ -48,7 +48,7 @@ export interface StartPostgresOptions {
   tls?: { cert: string; key: string; ca?: string };
   /** Method for the TCP lines of non-superuser roles; default 'scram-sha-256'. */
   auth?: ClusterAuth;
-  /** Replaces the generated pg_hba.conf body; the superuser line always comes first. */
+  /** Replaces the generated pg_hba.conf body; the superuser's lines (replication, then all databases) always come first. */
   hba?: string[];
   /** Extra postgresql.conf settings; they win over the defaults. */
   settings?: Record<string, string | number | boolean>;
@@ -126,67 +126,29 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
   if (auth === 'cert' && !opts.tls?.ca) {
     throw new Error("auth 'cert' needs tls with a ca (the CA that signs client certificates)");
   }
-  const binDir = findPgBinDir();
   const runAs = serverIdentity();
-  let port = opts.port ?? (await freePort());
   const tmpDir = await mkdtemp(join(tmpdir(), 'postern-pg-'));
-  const dataDir = join(tmpDir, 'data');
-  const logPath = join(dataDir, LOG_FILE);
-  const superuserPassword = randomBytes(18).toString('base64url');
-  const entry = { dataDir, tmpDir };
-  let child: ChildProcess | undefined;
-  let childExit: Promise<void> = Promise.resolve();
-  let stopping: Promise<void> | undefined;
-
-  const baseEnv = cleanEnv();
-  const env = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => ({
-    ...baseEnv,
-    PGHOST: HOST,
-    PGPORT: String(port),
-    PGUSER: SUPERUSER,
-    PGPASSWORD: superuserPassword,
-    // Without it libpq would pick a database named after the user, which a
-    // freshly created role does not have.
-    PGDATABASE: 'postgres',
-    PGSSLMODE: 'disable',
-    // A developer's ~/.pgpass must not answer for a role we expect to be refused.
-    PGPASSFILE: join(tmpDir, 'no-pgpass'),
-    ...extra,
+  const pm = new Postmaster({
+    binDir: findPgBinDir(),
+    runAs,
+    tmpDir,
+    port: opts.port ?? (await freePort()),
+    superuserPassword: randomBytes(18).toString('base64url'),
   });
-  const psqlBin = existsSync(join(binDir, 'psql')) ? join(binDir, 'psql') : 'psql';
-
-  const stop = (): Promise<void> => {
-    stopping ??= (async () => {
-      try {
-        if (child && child.exitCode === null && child.signalCode === null) {
-          // SIGINT is "fast shutdown": abort sessions, checkpoint, exit.
-          child.kill('SIGINT');
-          if (!(await within(childExit, STOP_TIMEOUT_MS))) {
-            child.kill('SIGQUIT');
-            await within(childExit, 5_000);
-          }
-        }
-      } catch {
-        // The server is already gone; nothing to stop.
-      }
-      live.delete(entry);
-      await rm(tmpDir, { recursive: true, force: true }).catch(() => undefined);
-    })();
-    return stopping;
-  };
+  const { binDir, dataDir } = pm;
 
   try {
     if (runAs) await chown(tmpDir, runAs.uid, runAs.gid);
     await run(join(binDir, 'initdb'), ['-D', dataDir, '-A', 'trust', '-U', SUPERUSER, '--encoding=UTF8', '--locale=C', '--no-sync'], {
       runAs,
       cwd: tmpDir,
-      env: baseEnv,
+      env: pm.baseEnv,
     });
     const version = Number.parseInt(await readFile(join(dataDir, 'PG_VERSION'), 'utf8'), 10);
 
     const conf: Record<string, string | number | boolean> = {
       listen_addresses: HOST,
-      port,
+      port: pm.port,
       // TCP only: no socket file to clash over or to leave behind in /tmp.
       unix_socket_directories: '',
       fsync: false,
@@ -196,6 +158,11 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
       shared_buffers: '128MB',
       logging_collector: false,
       password_encryption: auth === 'md5' ? 'md5' : 'scram-sha-256',
+      // PG15 defaults (wal_level = replica too), spelled out because
+      // startStandby() depends on them; a standby copies this file, and there
+      // hot_standby is what lets it take read-only sessions.
+      max_wal_senders: 10,
+      hot_standby: true,
     };
     if (opts.tls) {
       await copyPrivate(opts.tls.cert, join(dataDir, 'server.crt'), 0o644, runAs);
@@ -215,69 +182,13 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
     await writeFile(join(dataDir, 'pg_hba.conf'), `host all all ${HOST}/32 trust\nhost all all ::1/128 trust\n`);
     await chownTree(tmpDir, runAs);
 
-    const psqlRaw = (args: string[], extraEnv: Record<string, string>, input?: string) =>
-      run(psqlBin, ['-X', '-A', '-t', '-w', '-v', 'ON_ERROR_STOP=1', ...args], {
-        env: env(extraEnv),
-        input,
-        timeoutMs: PSQL_TIMEOUT_MS,
-      });
-
-    const launch = async (): Promise<void> => {
-      const log = await open(logPath, 'a');
-      try {
-        if (runAs) await log.chown(runAs.uid, runAs.gid);
-        const proc = spawn(join(binDir, 'postgres'), ['-D', dataDir], {
-          cwd: tmpDir,
-          env: baseEnv,
-          stdio: ['ignore', log.fd, log.fd],
-          ...(runAs ?? {}),
-        });
-        child = proc;
-        childExit = new Promise((done) => proc.once('exit', () => done()));
-        proc.once('error', () => undefined);
-        // The test process must be able to exit while the server runs; the
-        // exit hook below still takes the server down with it.
-        proc.unref();
-      } finally {
-        await log.close();
-      }
-      registerExitHook();
-      live.add(entry);
-      // A short connect timeout: the probe must not hang on a port that a
-      // stranger holds; the loop retries anyway.
-      // A refused password also proves the server is up (a restart finds the final pg_hba.conf in force).
-      const probe = () =>
-        run(psqlBin, ['-X', '-A', '-t', '-w', '-c', 'select 1'], {
-          env: env({ PGPASSWORD: '', PGCONNECT_TIMEOUT: '2' }),
-          timeoutMs: 5_000,
-        }).catch((e: Error) => {
-          if (/password/i.test(e.message)) return '';
-          throw e;
-        });
-      await waitReady(probe, childExit, logPath);
-    };
-
-    // freePort() closes its probe socket before the server binds, so another
-    // process can win the port; retry with a new one unless the caller chose it.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await launch();
-        break;
-      } catch (err) {
-        const tail = await logTail(logPath);
-        if (opts.port !== undefined || attempt >= 3 || !/could not bind|already in use/i.test(tail)) throw err;
-        await childExit;
-        port = await freePort();
-        await appendFile(join(dataDir, 'postgresql.conf'), `port = ${port}\n`);
-        await writeFile(logPath, '');
-      }
-    }
+    await pm.start(opts.port !== undefined);
 
     const sql: string[] = [
       // The superuser's hba line is always scram, so its verifier must be scram
       // even when the cluster default is md5.
       "SET password_encryption = 'scram-sha-256';",
-      `ALTER ROLE ${ident(SUPERUSER)} PASSWORD ${literal(superuserPassword)};`,
+      `ALTER ROLE ${ident(SUPERUSER)} PASSWORD ${literal(pm.superuserPassword)};`,
       `SET password_encryption = ${literal(String(conf.password_encryption))};`,
     ];
     for (const u of opts.users ?? []) {
@@ -291,21 +202,21 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
     // Through stdin, not -c: passwords stay off the command line (visible in
     // ps), and psql sends each statement on its own so CREATE DATABASE is not
     // inside an implicit transaction block.
-    await psqlRaw(['-f', '-'], { PGPASSWORD: '' }, `${sql.join('\n')}\n`);
+    await pm.psql(['-f', '-'], { PGPASSWORD: '' }, `${sql.join('\n')}\n`);
 
     await writeFile(join(dataDir, 'pg_hba.conf'), renderHba(auth, opts.hba));
     // A reload keeps the old (trust!) rules when the new file has errors, so
     // check the file first and fail loudly instead of timing out below.
-    const hbaErrors = await psqlRaw(['-c', "select line_number || ': ' || error from pg_hba_file_rules where error is not null"], {
+    const hbaErrors = await pm.psql(['-c', "select line_number || ': ' || error from pg_hba_file_rules where error is not null"], {
       PGPASSWORD: '',
     });
     if (hbaErrors) throw new Error(`invalid pg_hba.conf lines:\n${hbaErrors}\n${renderHba(auth, opts.hba)}`);
-    await psqlRaw(['-c', 'select pg_reload_conf()'], { PGPASSWORD: '' });
+    await pm.psql(['-c', 'select pg_reload_conf()'], { PGPASSWORD: '' });
     // pg_reload_conf() only signals the postmaster; wait until a password-less
     // superuser login is refused, which proves the final hba is in force.
     await waitUntil(RELOAD_TIMEOUT_MS, async () => {
       try {
-        await psqlRaw(['-c', 'select 1'], { PGPASSWORD: '' });
+        await pm.psql(['-c', 'select 1'], { PGPASSWORD: '' });
         return false;
       } catch (err) {
         // "no password supplied" / "password authentication failed"; any
@@ -313,36 +224,294 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
         return /password/i.test((err as Error).message);
       }
     }).catch(async () => {
-      throw new Error(`pg_hba.conf reload not observed within ${RELOAD_TIMEOUT_MS}ms\n${await logTail(logPath)}`);
+      throw new Error(`pg_hba.conf reload not observed within ${RELOAD_TIMEOUT_MS}ms\n${await logTail(pm.logPath)}`);
     });
 
-    return {
-      host: HOST,
-      port,
-      dataDir,
-      binDir,
-      version,
-      superuser: SUPERUSER,
-      superuserPassword,
-      env,
-      psql(text, o = {}) {
-        const user = o.user ?? SUPERUSER;
-        const password = o.password ?? (user === SUPERUSER ? superuserPassword : undefined);
-        // An empty PGPASSWORD counts as none for libpq, so a trust/cert user sends no password.
-        return psqlRaw(['-c', text], { PGUSER: user, PGDATABASE: o.db ?? 'postgres', PGPASSWORD: password ?? '' });
+    return pm.cluster(version);
+  } catch (err) {
+    await pm.stop();
+    throw err;
+  }
+}
+
+export interface StartStandbyOptions {
+  /** Default: a free port. */
+  port?: number;
+  /** Extra postgresql.conf settings for the standby; they win over what it copied from the primary. */
+  settings?: Record<string, string | number | boolean>;
+}
+
+export interface PgStandby extends PgCluster {
+  /**
+   * Ends recovery (`pg_promote(true, 60)`); resolves once `pg_is_in_recovery()`
+   * is false, so the next session may write. Rejects when it does not finish in time.
+   */
+  promote(): Promise<void>;
+}
+
+/**
+ * A streaming standby of `primary` (one that startPostgres() made): a
+ * `pg_basebackup -R -X stream` copy in its own temp dir, started on its own
+ * port, resolving once it takes read-only sessions. It copies the primary's
+ * postgresql.conf (the fast, non-durable settings included) and pg_hba.conf,
+ * so the same superuser, password and roles work against it.
+ */
+export async function startStandby(primary: PgCluster, opts: StartStandbyOptions = {}): Promise<PgStandby> {
+  const runAs = serverIdentity();
+  const tmpDir = await mkdtemp(join(tmpdir(), 'postern-pg-standby-'));
+  const pm = new Postmaster({
+    binDir: primary.binDir,
+    runAs,
+    tmpDir,
+    port: opts.port ?? (await freePort()),
+    superuserPassword: primary.superuserPassword,
+  });
+  const { binDir, dataDir } = pm;
+
+  try {
+    if (runAs) await chown(tmpDir, runAs.uid, runAs.gid);
+    // As the server's user, like initdb, so every copied file is the server's.
+    // -R writes standby.signal and a primary_conninfo built from this
+    // connection's parameters, PGPASSWORD included, so the walreceiver can log
+    // in the same way. --checkpoint=fast: a spread checkpoint would make the
+    // backup wait on checkpoint_completion_target for nothing.
+    await run(
+      join(binDir, 'pg_basebackup'),
+      [
+        '-D',
+        dataDir,
+        '-R',
+        '-X',
+        'stream',
+        '--checkpoint=fast',
+        '--no-sync',
+        '-w',
+        '-h',
+        primary.host,
+        '-p',
+        String(primary.port),
+        '-U',
+        primary.superuser,
+      ],
+      {
+        runAs,
+        cwd: tmpDir,
+        env: {
+          ...pm.baseEnv,
+          PGPASSWORD: primary.superuserPassword,
+          PGSSLMODE: 'disable',
+          PGPASSFILE: join(tmpDir, 'no-pgpass'),
+          PGAPPNAME: 'postern-standby',
+        },
+        timeoutMs: START_TIMEOUT_MS,
       },
-      stop,
-      async restart() {
-        if (child && child.exitCode === null && child.signalCode === null) {
-          child.kill('SIGINT');
-          await childExit;
-        }
-        await launch();
+    );
+    // pg_basebackup makes it 0700 already; the server refuses to start otherwise.
+    await chmod(dataDir, 0o700);
+    const version = Number.parseInt(await readFile(join(dataDir, 'PG_VERSION'), 'utf8'), 10);
+    // The primary's log lives in its data dir, so the backup brought it along.
+    await writeFile(pm.logPath, '');
+    // Only what must differ from the primary: the copied conf already carries
+    // its settings, and lowering max_connections and the like below the
+    // primary's would stop a hot standby from starting.
+    const conf = { port: pm.port, hot_standby: true, ...opts.settings };
+    await appendFile(join(dataDir, 'postgresql.conf'), `\n# postern dev kit: standby\n${renderConf(conf)}`);
+    await chownTree(tmpDir, runAs);
+
+    await pm.start(opts.port !== undefined);
+    // Ready means it takes sessions; make sure that is as a standby.
+    const inRecovery = await pm.psql(['-c', 'select pg_is_in_recovery()'], {});
+    if (inRecovery !== 't') {
+      throw new Error(`the standby is not in recovery (pg_is_in_recovery() = ${inRecovery})\n${await logTail(pm.logPath)}`);
+    }
+
+    return {
+      ...pm.cluster(version),
+      async promote() {
+        // wait = true: returns once recovery has ended, false if not within 60 s.
+        const done = await pm.psql(['-c', 'select pg_promote(true, 60)'], {});
+        if (done !== 't') throw new Error(`pg_promote() did not finish within 60s\n${await logTail(pm.logPath)}`);
+        await waitUntil(RELOAD_TIMEOUT_MS, async () => (await pm.psql(['-c', 'select pg_is_in_recovery()'], {})) === 'f').catch(
+          async () => {
+            throw new Error(`still in recovery ${RELOAD_TIMEOUT_MS}ms after pg_promote()\n${await logTail(pm.logPath)}`);
+          },
+        );
       },
     };
   } catch (err) {
-    await stop();
+    await pm.stop();
     throw err;
+  }
+}
+
+/**
+ * One postmaster on `<tmpDir>/data`: the libpq environment that reaches it,
+ * starting (with port retries) and probing it, fast shutdown, and removing the
+ * temp dir. What goes into the data dir is the caller's business.
+ */
+class Postmaster {
+  readonly binDir: string;
+  readonly runAs: RunAs | undefined;
+  readonly tmpDir: string;
+  readonly dataDir: string;
+  readonly logPath: string;
+  readonly superuserPassword: string;
+  /** process.env without PG* variables; what the server and its tools run with. */
+  readonly baseEnv = cleanEnv();
+  /** Changes only while start() retries on a taken port. */
+  port: number;
+  readonly #psqlBin: string;
+  readonly #entry: { dataDir: string; tmpDir: string };
+  #child: ChildProcess | undefined;
+  #childExit: Promise<void> = Promise.resolve();
+  #stopping: Promise<void> | undefined;
+
+  constructor(o: { binDir: string; runAs: RunAs | undefined; tmpDir: string; port: number; superuserPassword: string }) {
+    this.binDir = o.binDir;
+    this.runAs = o.runAs;
+    this.tmpDir = o.tmpDir;
+    this.dataDir = join(o.tmpDir, 'data');
+    this.logPath = join(this.dataDir, LOG_FILE);
+    this.superuserPassword = o.superuserPassword;
+    this.port = o.port;
+    this.#psqlBin = existsSync(join(o.binDir, 'psql')) ? join(o.binDir, 'psql') : 'psql';
+    this.#entry = { dataDir: this.dataDir, tmpDir: this.tmpDir };
+  }
+
+  env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+    return {
+      ...this.baseEnv,
+      PGHOST: HOST,
+      PGPORT: String(this.port),
+      PGUSER: SUPERUSER,
+      PGPASSWORD: this.superuserPassword,
+      // Without it libpq would pick a database named after the user, which a
+      // freshly created role does not have.
+      PGDATABASE: 'postgres',
+      PGSSLMODE: 'disable',
+      // A developer's ~/.pgpass must not answer for a role we expect to be refused.
+      PGPASSFILE: join(this.tmpDir, 'no-pgpass'),
+      ...extra,
+    };
+  }
+
+  psql(args: string[], extraEnv: Record<string, string>, input?: string): Promise<string> {
+    return run(this.#psqlBin, ['-X', '-A', '-t', '-w', '-v', 'ON_ERROR_STOP=1', ...args], {
+      env: this.env(extraEnv),
+      input,
+      timeoutMs: PSQL_TIMEOUT_MS,
+    });
+  }
+
+  /** Starts the postmaster; resolves once it accepts connections. */
+  async launch(): Promise<void> {
+    const log = await open(this.logPath, 'a');
+    try {
+      if (this.runAs) await log.chown(this.runAs.uid, this.runAs.gid);
+      const proc = spawn(join(this.binDir, 'postgres'), ['-D', this.dataDir], {
+        cwd: this.tmpDir,
+        env: this.baseEnv,
+        stdio: ['ignore', log.fd, log.fd],
+        ...(this.runAs ?? {}),
+      });
+      this.#child = proc;
+      this.#childExit = new Promise((done) => proc.once('exit', () => done()));
+      proc.once('error', () => undefined);
+      // The test process must be able to exit while the server runs; the
+      // exit hook below still takes the server down with it.
+      proc.unref();
+    } finally {
+      await log.close();
+    }
+    registerExitHook();
+    live.add(this.#entry);
+    // A short connect timeout: the probe must not hang on a port that a
+    // stranger holds; the loop retries anyway.
+    // A refused password also proves the server is up (a restart finds the final pg_hba.conf in force).
+    const probe = () =>
+      run(this.#psqlBin, ['-X', '-A', '-t', '-w', '-c', 'select 1'], {
+        env: this.env({ PGPASSWORD: '', PGCONNECT_TIMEOUT: '2' }),
+        timeoutMs: 5_000,
+      }).catch((e: Error) => {
+        if (/password/i.test(e.message)) return '';
+        throw e;
+      });
+    await waitReady(probe, this.#childExit, this.logPath);
+  }
+
+  /** launch(), on a new free port when the chosen one turns out taken, unless the caller fixed the port. */
+  async start(portFixed: boolean): Promise<void> {
+    // freePort() closes its probe socket before the server binds, so another
+    // process can win the port; retry with a new one unless the caller chose it.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.launch();
+        return;
+      } catch (err) {
+        const tail = await logTail(this.logPath);
+        if (portFixed || attempt >= 3 || !/could not bind|already in use/i.test(tail)) throw err;
+        await this.#childExit;
+        this.port = await freePort();
+        await appendFile(join(this.dataDir, 'postgresql.conf'), `port = ${this.port}\n`);
+        await writeFile(this.logPath, '');
+      }
+    }
+  }
+
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      await this.#shutdown();
+      live.delete(this.#entry);
+      await rm(this.tmpDir, { recursive: true, force: true }).catch(() => undefined);
+    })();
+    return this.#stopping;
+  }
+
+  async restart(): Promise<void> {
+    await this.#shutdown();
+    await this.launch();
+  }
+
+  /** Fast shutdown, immediate after STOP_TIMEOUT_MS. Never throws. */
+  async #shutdown(): Promise<void> {
+    const child = this.#child;
+    try {
+      if (child && child.exitCode === null && child.signalCode === null) {
+        // SIGINT is "fast shutdown": abort sessions, checkpoint, exit.
+        child.kill('SIGINT');
+        // The child is unref()ed: only within()'s timer keeps a process that
+        // has nothing else to do alive until the exit arrives (a bare
+        // `await exit` ends it with "unsettled top-level await").
+        if (!(await within(this.#childExit, STOP_TIMEOUT_MS))) {
+          child.kill('SIGQUIT');
+          await within(this.#childExit, 5_000);
+        }
+      }
+    } catch {
+      // The server is already gone; nothing to stop.
+    }
+  }
+
+  /** The public face; call once the cluster is ready. */
+  cluster(version: number): PgCluster {
+    return {
+      host: HOST,
+      port: this.port,
+      dataDir: this.dataDir,
+      binDir: this.binDir,
+      version,
+      superuser: SUPERUSER,
+      superuserPassword: this.superuserPassword,
+      env: (extra) => this.env(extra),
+      psql: (text, o = {}) => {
+        const user = o.user ?? SUPERUSER;
+        const password = o.password ?? (user === SUPERUSER ? this.superuserPassword : undefined);
+        // An empty PGPASSWORD counts as none for libpq, so a trust/cert user sends no password.
+        return this.psql(['-c', text], { PGUSER: user, PGDATABASE: o.db ?? 'postgres', PGPASSWORD: password ?? '' });
+      },
+      stop: () => this.stop(),
+      restart: () => this.restart(),
+    };
   }
 }
 
@@ -398,8 +567,15 @@ function confValue(value: string | number | boolean): string {
 }
 
 function renderHba(auth: ClusterAuth, custom: string[] | undefined): string {
-  // `host` matches both SSL and plaintext connections.
-  const lines = [`host all ${SUPERUSER} ${HOST}/32 scram-sha-256`, `host all ${SUPERUSER} ::1/128 scram-sha-256`];
+  // `host` matches both SSL and plaintext connections. `all` never matches a
+  // physical replication connection, so startStandby()'s pg_basebackup and
+  // walreceiver need the `replication` keyword, with the superuser's method.
+  const lines = [
+    `host replication ${SUPERUSER} ${HOST}/32 scram-sha-256`,
+    `host replication ${SUPERUSER} ::1/128 scram-sha-256`,
+    `host all ${SUPERUSER} ${HOST}/32 scram-sha-256`,
+    `host all ${SUPERUSER} ::1/128 scram-sha-256`,
+  ];
   if (custom) lines.push(...custom);
   else if (auth === 'cert') lines.push(`hostssl all all ${HOST}/32 cert`, 'hostssl all all ::1/128 cert');
   else lines.push(`host all all ${HOST}/32 ${auth}`, `host all all ::1/128 ${auth}`);
