@@ -15,6 +15,8 @@ import { AdminHttp } from './metrics/http.ts';
 import { AuditLog, statementFields } from './observability/audit.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { SQLSTATE } from './protocol/sqlstate.ts';
+import { routingOf } from './routing/router.ts';
+import { loadReadOnlyParser } from './sql/readonly.ts';
 import { loadNormalizer } from './stats/normalize.ts';
 import type { StatementRecord } from './stats/registry.ts';
 import { ClientTls, clientTlsConfigured } from './tls/contexts.ts';
@@ -84,6 +86,7 @@ export class Postern {
     this.#janitor = setInterval(() => {
       const now = Date.now();
       this.ctx.pools.tick(now);
+      routingOf(this.ctx).tick(now);
       for (const s of this.ctx.sessions) s.tick(now);
       this.ctx.stats.tick(now);
     }, 1000);
@@ -113,6 +116,15 @@ export class Postern {
     if (this.ctx.audit !== null) this.ctx.audit.statements = config.audit.statements;
   }
 
+  /** The read/write split needs the PostgreSQL parser: loaded once a database asks for it. */
+  #applyRouting(config: Config): Promise<void> {
+    routingOf(this.ctx).refresh();
+    if (!Object.values(config.databases).some((d) => d.read_write_split)) return Promise.resolve();
+    return loadReadOnlyParser().catch((e: Error) => {
+      this.log.error({ err: e.message }, 'cannot load the PostgreSQL parser; read_write_split sends everything to the primary');
+    });
+  }
+
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async listen(): Promise<Address> {
     const cfg = this.ctx.config;
@@ -121,6 +133,8 @@ export class Postern {
       this.ctx.stats.normalizer = await loadNormalizer();
     }
     this.#applyStats(cfg);
+    await this.#applyRouting(cfg);
+    routingOf(this.ctx).checker.start();
     if (cfg.admin.listen !== undefined && this.#adminHttp) {
       const { http, port } = await AdminHttp.start(
         cfg.admin.listen,
@@ -179,7 +193,7 @@ export class Postern {
         ...loaded.config,
         listen: this.ctx.config.listen,
         tls: this.ctx.config.tls,
-        databases: mergeDatabases(this.ctx.config, loaded.config),
+        databases: mergeDatabases(loaded.config),
       };
     }
     const auth = loadAuthState(config);
@@ -211,6 +225,7 @@ export class Postern {
       );
     }
     this.#applyStats(config);
+    void this.#applyRouting(config);
   }
 
   /**
@@ -260,6 +275,7 @@ export class Postern {
     }
     for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
     clearInterval(this.#janitor);
+    routingOf(this.ctx).checker.stop();
     this.ctx.pools.closeAll();
     await this.#http?.close();
     this.ctx.audit?.close();
@@ -278,17 +294,11 @@ export class Postern {
   }
 }
 
-/** Databases keep their connection settings (restart) but take new credentials (reloadable). */
-function mergeDatabases(running: Config, next: Config): Record<string, DatabaseConfig> {
-  const out: Record<string, DatabaseConfig> = {};
-  for (const [name, db] of Object.entries(running.databases)) {
-    const n = next.databases[name];
-    const merged: DatabaseConfig = { ...db };
-    delete merged.server_user;
-    delete merged.server_password;
-    if (n?.server_user !== undefined) merged.server_user = n.server_user;
-    if (n?.server_password !== undefined) merged.server_password = n.server_password;
-    out[name] = merged;
-  }
-  return out;
+/**
+ * The databases of a reloaded config, all of them: added ones are served at
+ * once, changed ones get new pools (the old ones' connections close as they
+ * come back), removed ones end their sessions between transactions.
+ */
+function mergeDatabases(next: Config): Record<string, DatabaseConfig> {
+  return next.databases;
 }

@@ -94,12 +94,16 @@ const SHOW_COLUMNS: Readonly<Record<string, Column[]>> = {
     'fingerprint query database user application_name calls:int8 errors:int8 rows:int8 total_time_us:int8 mean_time_us:int8 p50_us:int8 p95_us:int8 p99_us:int8 first_seen last_seen',
   ),
   pins: cols('feature pinned_total:int8 pinned_now:int4'),
+  hosts: cols(
+    'database host port:int4 role state read_only lag_bytes:int8 lag_ms:int8 failures:int4 sv_active:int4 sv_idle:int4 sv_other:int4 last_check last_error',
+  ),
 };
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|STATE|VERSION',
   'SHOW QUERIES   query shapes by total time (Postern)',
   'SHOW PINS      transaction-mode pins by feature (Postern)',
+  'SHOW HOSTS     each server of each database: role, health, lag (Postern)',
   'SET key = arg',
   'RELOAD',
   'PAUSE [<db>]',
@@ -266,6 +270,25 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
           ...AVG_NAMES.map((n, i) => [`avg_${n}`, avgs[i] as number]),
         ];
       }
+      case 'hosts':
+        return snap.hosts
+          .sort((a, b) => a.database.localeCompare(b.database) || a.server.localeCompare(b.server))
+          .map((h) => [
+            h.database,
+            h.host,
+            h.port,
+            h.role,
+            h.state,
+            h.read_only ? 'yes' : 'no',
+            h.lag_bytes,
+            h.lag_ms,
+            h.failures,
+            h.sv_active,
+            h.sv_idle,
+            h.sv_other,
+            h.last_check > 0 ? timestamp(h.last_check) : null,
+            h.last_error,
+          ]);
       case 'databases': {
         const pool = ctx.config.pool;
         const rows: Cell[][] = [];

@@ -4,7 +4,7 @@
 // (their ids are unique over all workers), traffic and query shapes add up
 // per key, histograms bucket by bucket.
 
-import type { Averages, HistData, PoolRow, ShapeRow, Snapshot, TrafficRow } from './snapshot.ts';
+import type { Averages, HistData, HostRow, PoolRow, ShapeRow, Snapshot, TrafficRow } from './snapshot.ts';
 
 function addHist(a: HistData, b: HistData): HistData {
   return { buckets: a.buckets.map((v, i) => v + (b.buckets[i] ?? 0)), count: a.count + b.count, sum: a.sum + b.sum };
@@ -82,8 +82,23 @@ export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
     paused: [],
     disabled: [],
     memory: { rss: 0, heapUsed: 0 },
+    hosts: [],
   };
+  const hosts = new Map<string, HostRow>();
   for (const s of snaps) {
+    // Each worker checks the servers itself: the newest check tells the state; connections add up.
+    for (const h of s.hosts) {
+      const key = `${h.database}\u0000${h.server}`;
+      const have = hosts.get(key);
+      if (have === undefined) hosts.set(key, { ...h });
+      else {
+        const sums = { a: have.sv_active + h.sv_active, i: have.sv_idle + h.sv_idle, o: have.sv_other + h.sv_other };
+        if (h.last_check > have.last_check) Object.assign(have, h);
+        have.sv_active = sums.a;
+        have.sv_idle = sums.i;
+        have.sv_other = sums.o;
+      }
+    }
     for (const p of s.pools) {
       const key = `${p.database}\u0000${p.user}`;
       const have = pools.get(key);
@@ -135,6 +150,7 @@ export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
     out.memory.heapUsed += s.memory.heapUsed;
   }
   out.pools = [...pools.values()];
+  out.hosts = [...hosts.values()];
   out.traffic = [...traffic.values()];
   out.shapes = [...shapes.values()];
   return out;

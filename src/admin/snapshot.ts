@@ -8,6 +8,7 @@
 import type { ServerConn } from '../backend/server-conn.ts';
 import type { PoolMode } from '../config/schema.ts';
 import type { Context } from '../context.ts';
+import { routingOf } from '../routing/router.ts';
 import type { Histogram } from '../stats/histogram.ts';
 import type { Totals } from '../stats/registry.ts';
 
@@ -121,6 +122,30 @@ export interface Snapshot {
   paused: string[];
   disabled: string[];
   memory: { rss: number; heapUsed: number };
+  /** The servers of every database as the health checks see them (SHOW HOSTS). */
+  hosts: HostRow[];
+}
+
+/** One server of a database (SHOW HOSTS, postern_server_* metrics). */
+export interface HostRow {
+  database: string;
+  /** "host:port". */
+  server: string;
+  host: string;
+  port: number;
+  role: string;
+  /** up, down, unchecked. */
+  state: string;
+  read_only: boolean;
+  lag_bytes: number | null;
+  lag_ms: number | null;
+  failures: number;
+  /** Open server connections of its pools: active, idle, other. */
+  sv_active: number;
+  sv_idle: number;
+  sv_other: number;
+  last_check: number;
+  last_error: string | null;
 }
 
 export function histData(h: Histogram): HistData {
@@ -142,6 +167,20 @@ export function collect(ctx: Context, worker = 0): Snapshot {
   const cfg = ctx.config.pool;
   for (const p of ctx.pools.all()) {
     const c = p.counts(now, cfg.server_check_query !== '' ? cfg.server_check_delay : -1);
+    const same = pools.get(`${p.target.name}\u0000${p.user}`);
+    if (same !== undefined) {
+      // One row per (database, user), as in PgBouncer: the pools of a database's several servers add up (SHOW HOSTS has them apart).
+      same.cl_waiting += c.cl_waiting;
+      same.sv_active += c.sv_active;
+      same.sv_being_canceled += c.sv_being_canceled;
+      same.sv_idle += c.sv_idle;
+      same.sv_used += c.sv_used;
+      same.sv_tested += c.sv_tested;
+      same.sv_login += c.sv_login;
+      same.maxwait_us = Math.max(same.maxwait_us, c.maxwait_ms * 1000);
+      poolsByKey.set(p.key, same);
+      continue;
+    }
     const row: PoolRow = {
       database: p.target.name,
       user: p.user,
@@ -285,7 +324,44 @@ export function collect(ctx: Context, worker = 0): Snapshot {
     paused: ctx.pools.pausedNames(),
     disabled: ctx.pools.disabledNames(),
     memory: { rss: mem.rss, heapUsed: mem.heapUsed },
+    hosts: hostRows(ctx, now),
   };
+}
+
+function hostRows(ctx: Context, now: number): HostRow[] {
+  const routing = routingOf(ctx);
+  const rows: HostRow[] = [];
+  for (const set of routing.sets()) {
+    for (const h of set.hosts) {
+      let active = 0;
+      let idle = 0;
+      let other = 0;
+      for (const p of routing.poolsOf(h)) {
+        const c = p.counts(now);
+        active += c.sv_active;
+        idle += c.sv_idle + c.sv_used;
+        other += c.sv_tested + c.sv_being_canceled + c.sv_login;
+      }
+      rows.push({
+        database: set.database,
+        server: h.addr,
+        host: h.target.host,
+        port: h.target.port,
+        role: h.role,
+        state: h.state,
+        read_only: h.readOnly,
+        lag_bytes: h.lagBytes,
+        lag_ms: h.lagMs,
+        failures: h.failures,
+        sv_active: active,
+        sv_idle: idle,
+        sv_other: other,
+        last_check: h.lastCheck,
+        last_error: h.lastError,
+      });
+    }
+  }
+  return rows;
 }
 
 /** The instance's snapshot, as the composition root collects it (this process, or every worker merged). */

@@ -85,6 +85,10 @@ export class Pool {
   #tested = new Set<ServerConn>();
   #login = new Set<ServerConn>();
   #waiting: Array<{ w: PoolWaiter; since: number }> = [];
+  /** Replaced after a reload (see retire). */
+  retired = false;
+  /** Date.now() when it last had a connection or a waiter (the janitor drops wildcard pools empty for long). */
+  lastBusy = Date.now();
   /** Totals for SHOW STATS-style reporting. */
   servedTotal = 0;
   waitTotalMs = 0;
@@ -93,7 +97,7 @@ export class Pool {
     this.#host = host;
     this.target = target;
     this.user = user;
-    this.key = `${target.name}/${user}`;
+    this.key = poolKey(target, user);
     this.mode = mode;
     this.size = size;
   }
@@ -518,11 +522,23 @@ export class Pool {
     return [...this.#idle, ...this.#active, ...this.#tested, ...this.#login];
   }
 
+  /** Replaced by a pool with new settings: no new lending, idle connections close now, lent ones when they come back. */
+  retire(): void {
+    this.retired = true;
+    this.reconnect();
+  }
+
   closeAll(): void {
     const waiting = this.#waiting.splice(0);
     for (const c of this.connections()) c.close();
     for (const { w } of waiting) w.onPoolError('57P01', 'terminating connection due to administrator command');
   }
+}
+
+/** "database/user", and "@host:port" for one server of a database that has several. */
+function poolKey(target: ServerTarget, user: string): string {
+  const s = target.server ?? null;
+  return s === null ? `${target.name}/${user}` : `${target.name}/${user}@${s}`;
 }
 
 /** All pools of one Postern instance. */
@@ -551,8 +567,14 @@ export class PoolRegistry implements PoolHost {
   }
 
   get(target: ServerTarget, user: string, mode: PoolMode, size: number): Pool {
-    const key = `${target.name}/${user}`;
+    const key = poolKey(target, user);
     let p = this.#pools.get(key);
+    if (p !== undefined && p.target !== target) {
+      // The server's settings changed (a reload): the old pool's connections close as they come back.
+      p.retire();
+      this.#pools.delete(key);
+      p = undefined;
+    }
     if (p === undefined) {
       p = new Pool(this, target, user, mode, size);
       this.#pools.set(key, p);
@@ -606,6 +628,18 @@ export class PoolRegistry implements PoolHost {
 
   all(): Pool[] {
     return [...this.#pools.values()];
+  }
+
+  /** Is this pool the registered one for its key (not dropped or replaced)? */
+  has(p: Pool): boolean {
+    return this.#pools.get(p.key) === p;
+  }
+
+  /** Forgets an empty pool (a wildcard database nobody uses any more); false when it still has connections or waiters. */
+  drop(p: Pool): boolean {
+    if (p.total > 0 || p.counts().cl_waiting > 0 || this.#pools.get(p.key) !== p) return false;
+    this.#pools.delete(p.key);
+    return true;
   }
 
   totals(): { byDatabase: Map<string, number>; byUser: Map<string, number> } {

@@ -460,6 +460,11 @@ export class PreparedRewriter implements LedgerOwner, LedgerRoute {
     return this.#names.size;
   }
 
+  /** The query text of a client's named statement (the read/write split reads what a Bind runs); null when unknown. */
+  textOf(clientName: string): string | null {
+    return this.#names.get(clientName)?.text ?? null;
+  }
+
   /** The server-side name a client statement maps to (tests, admin). */
   serverName(clientName: string): string | undefined {
     return this.#names.get(clientName)?.name;

@@ -69,6 +69,8 @@ export interface ServerTarget {
   dbname: string;
   tls: ServerTlsOptions;
   connectTimeout: number;
+  /** "host:port" when the database has several servers (its pools are told apart by it); null for a single server. */
+  server?: string | null;
 }
 
 /** What Postern answers the server's authentication request with. */

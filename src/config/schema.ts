@@ -5,11 +5,13 @@
 // `*` in a key path stands for a name chosen by the operator (a database).
 
 import { z } from 'zod';
-import { duration, size } from './units.ts';
+import { duration, parseDuration, parseSize, size } from './units.ts';
 
 export const TLS_CLIENT_MODES = ['disable', 'allow', 'require', 'verify-ca', 'verify-full'] as const;
 export const TLS_SERVER_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
 export const POOL_MODES = ['session', 'transaction', 'statement'] as const;
+export const TARGET_SESSION_ATTRS = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby'] as const;
+export const LOAD_BALANCE = ['round-robin', 'least-connections', 'random'] as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export type SettingKind = 'string' | 'path' | 'int' | 'bool' | 'enum' | 'duration' | 'size' | 'list';
@@ -33,6 +35,36 @@ const nameList = z
   .union([z.array(z.string().min(1)), z.string()])
   .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((x) => x.trim()).filter((x) => x !== ''));
 const path = z.string().min(1);
+
+/** One server of a database: `{ host, port }` or "host:port". */
+const serverEntry = z.union([
+  z.strictObject({ host: z.string().min(1), port: port.prefault(5432) }),
+  z
+    .string()
+    .regex(/^(\[[^\]]+\]|[^:\s]+)(:\d{1,5})?$/, 'use host or host:port, e.g. 10.0.0.5:5432')
+    .transform((v) => {
+      const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(v) as RegExpExecArray;
+      const host = (m[1] as string).replace(/^\[(.*)\]$/, '$1');
+      return { host, port: m[2] === undefined ? 5432 : Number(m[2]) };
+    })
+    .pipe(z.object({ host: z.string(), port })),
+]);
+const serverList = z.array(serverEntry).min(1, 'list at least one server');
+
+/** max_replica_lag: bytes of WAL ("16MB") or a duration ("5s"). */
+const replicaLag = z.union([z.number(), z.string()]).transform((v, ctx): ReplicaLag => {
+  const text = String(v).trim();
+  const unit = (/[a-z]+$/i.exec(text)?.[0] ?? '').toLowerCase();
+  if (['ms', 's', 'min', 'm', 'h', 'd'].includes(unit)) {
+    const ms = parseDuration(text);
+    if (ms !== undefined) return { ms };
+  } else {
+    const bytes = parseSize(typeof v === 'number' ? v : text);
+    if (bytes !== undefined) return { bytes };
+  }
+  ctx.addIssue({ code: 'custom', message: `invalid max_replica_lag ${JSON.stringify(v)} (a size like 16MB or a duration like 5s)` });
+  return z.NEVER;
+});
 
 function row(key: string, kind: SettingKind, schema: z.ZodType, def: unknown, reloadable: boolean, doc: string): Setting {
   return def === undefined ? { key, kind, schema, reloadable, doc } : { key, kind, schema, default: def, reloadable, doc };
@@ -159,14 +191,14 @@ export const SETTINGS: readonly Setting[] = [
   ),
   row('auth.throttle_delay', 'duration', duration, '2s', true, 'How long a throttled login is held before it is refused.'),
 
-  row('databases.*.host', 'string', z.string().min(1), '127.0.0.1', false, 'Host of the PostgreSQL server for this database.'),
-  row('databases.*.port', 'int', port, 5432, false, 'Port of the PostgreSQL server.'),
+  row('databases.*.host', 'string', z.string().min(1), '127.0.0.1', true, 'Host of the PostgreSQL server for this database.'),
+  row('databases.*.port', 'int', port, 5432, true, 'Port of the PostgreSQL server.'),
   row(
     'databases.*.dbname',
     'string',
     z.string().min(1),
     undefined,
-    false,
+    true,
     'Database name on the server. Default: the name clients ask for.',
   ),
   row(
@@ -174,7 +206,7 @@ export const SETTINGS: readonly Setting[] = [
     'enum',
     z.enum(TLS_SERVER_MODES),
     'prefer',
-    false,
+    true,
     'TLS to the server, as libpq `sslmode`: `disable`, `prefer` (TLS if the server offers it, no certificate check), `require` (TLS, no certificate check), `verify-ca` (chain checked against `ca`), `verify-full` (chain and host name checked).',
   ),
   row(
@@ -182,18 +214,67 @@ export const SETTINGS: readonly Setting[] = [
     'path',
     path,
     undefined,
-    false,
+    true,
     'CA bundle (PEM) the server certificate must chain to (`verify-ca`, `verify-full`).',
   ),
-  row('databases.*.tls.cert', 'path', path, undefined, false, 'Client certificate (PEM) Postern presents to the server (mutual TLS).'),
-  row('databases.*.tls.key', 'path', path, undefined, false, 'Private key (PEM) of `databases.*.tls.cert`.'),
+  row('databases.*.tls.cert', 'path', path, undefined, true, 'Client certificate (PEM) Postern presents to the server (mutual TLS).'),
+  row('databases.*.tls.key', 'path', path, undefined, true, 'Private key (PEM) of `databases.*.tls.cert`.'),
   row(
     'databases.*.tls.server_name',
     'string',
     z.string().min(1),
     undefined,
-    false,
+    true,
     'Name sent as SNI and checked by `verify-full`. Default: `host`.',
+  ),
+
+  row(
+    'databases.*.servers',
+    'list',
+    serverList,
+    undefined,
+    true,
+    'Several servers for this database (a primary and its standbys): a list of `{ host, port }` or `"host:port"` strings. Each server\'s role is found by the health checks (`pg_is_in_recovery()`), never configured. Given, it replaces `host` and `port`; `tls.*` applies to every one of them (`tls.server_name` defaults to each server\'s own host). See docs/routing.md.',
+  ),
+  row(
+    'databases.*.target_session_attrs',
+    'enum',
+    z.enum(TARGET_SESSION_ATTRS),
+    'any',
+    true,
+    "Which servers this database's clients get, with libpq's names and meanings: `any`, `read-write` (a primary whose `transaction_read_only` is off), `read-only` (a standby, or a server whose sessions are read-only by default), `primary`, `standby`, `prefer-standby` (a standby when one is usable, else any server).",
+  ),
+  row(
+    'databases.*.load_balance',
+    'enum',
+    z.enum(LOAD_BALANCE),
+    'round-robin',
+    true,
+    'How a server is chosen among the usable ones for each new server connection need (each transaction in transaction mode, each session in session mode): `round-robin`, `least-connections` (fewest open connections of the pool), `random`.',
+  ),
+  row(
+    'databases.*.max_replica_lag',
+    'string',
+    replicaLag,
+    undefined,
+    true,
+    "A standby that lags the primary by more than this is not used for reads until it catches up: a size of WAL (`16MB`, bytes against the primary's current WAL position) or a duration (`5s`, since the last replayed transaction while WAL is still to replay). Unset: lag is shown but not acted on.",
+  ),
+  row(
+    'databases.*.read_write_split',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    'Transaction mode: each transaction that Postern can prove only reads (a plain `SELECT` without locking clauses, data-modifying CTEs or calls of functions outside `routing.read_only_functions`, `SHOW`, a `BEGIN READ ONLY` block) goes to a standby, everything else to the primary. Session mode and pinned sessions follow `target_session_attrs` only.',
+  ),
+  row(
+    'databases.*.read_your_writes',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    "With `read_write_split`: after a client's write transaction ends, its reads go only to standbys that a health check has seen replay past the primary's WAL position read after that write; until then they go to the primary.",
   ),
 
   row('databases.*.pool_mode', 'enum', z.enum(POOL_MODES), undefined, true, 'Pool mode for this database (overrides `pool.pool_mode`).'),
@@ -406,6 +487,41 @@ export const SETTINGS: readonly Setting[] = [
     'Users allowed into the admin console for `SHOW` commands only, like PgBouncer `stats_users`.',
   ),
   row(
+    'health.check_interval',
+    'duration',
+    duration,
+    '2s',
+    true,
+    'How often each server of a database with several servers (or with `target_session_attrs` other than `any`) is checked: connect, role (`pg_is_in_recovery()`), WAL position and replay lag.',
+  ),
+  row(
+    'health.failure_threshold',
+    'int',
+    z.number().int().min(1),
+    3,
+    true,
+    'Failed checks in a row (a failed connect of a pool counts as one) before a server is marked down: its idle connections are closed and no client is sent to it until a check passes again.',
+  ),
+  row('health.timeout', 'duration', duration, '3s', true, 'A check (connect and query) that takes longer than this has failed.'),
+  row(
+    'health.user',
+    'string',
+    z.string().min(1),
+    undefined,
+    true,
+    "Role the health checks log in as. Default: the database's `server_user`, else the user of the newest client login of that database (its credentials as the pool uses them).",
+  ),
+  secret('health.password', 'Password of `health.user`.'),
+  row(
+    'routing.read_only_functions',
+    'list',
+    nameList,
+    [],
+    true,
+    'More functions `read_write_split` may send to a standby, besides the built-in list of read-only ones (docs/routing.md); names as written in queries, lower case, optionally schema-qualified.',
+  ),
+
+  row(
     'stats.queries',
     'bool',
     z.boolean(),
@@ -507,9 +623,20 @@ export interface PoolConfig {
   server_check_delay: number;
 }
 
+/** A replica lag limit: WAL bytes or milliseconds. */
+export type ReplicaLag = { bytes: number; ms?: undefined } | { ms: number; bytes?: undefined };
+export type TargetSessionAttrs = (typeof TARGET_SESSION_ATTRS)[number];
+export type LoadBalance = (typeof LOAD_BALANCE)[number];
+
 export interface DatabaseConfig {
   host: string;
   port: number;
+  servers?: Array<{ host: string; port: number }>;
+  target_session_attrs: TargetSessionAttrs;
+  load_balance: LoadBalance;
+  max_replica_lag?: ReplicaLag;
+  read_write_split: boolean;
+  read_your_writes: boolean;
   pool_mode?: PoolMode;
   pool_size?: number;
   dbname?: string;
@@ -550,5 +677,7 @@ export interface Config {
   log: { level: (typeof LOG_LEVELS)[number]; queries: boolean };
   admin: { listen?: string; users: string[]; stats_users: string[] };
   stats: { queries: boolean; max_queries: number };
+  health: { check_interval: number; failure_threshold: number; timeout: number; user?: string; password?: string };
+  routing: { read_only_functions: string[] };
   audit: { file?: string; statements: boolean };
 }

@@ -22,7 +22,7 @@ import { encodeNegotiateProtocolVersion } from '../protocol/backend.ts';
 import { FE, LATEST_MINOR } from '../protocol/codes.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation } from '../protocol/violation.ts';
-import type { LoginCredentials } from '../routing/router.ts';
+import { databaseEntry, type LoginCredentials, routingOf } from '../routing/router.ts';
 import type { Startup } from './handshake.ts';
 
 export type LoginResult =
@@ -112,7 +112,7 @@ export class Login {
         return false;
       }
     }
-    if (!this.admin && cfg.databases[database] === undefined) {
+    if (!this.admin && databaseEntry(this.#ctx, database) === null) {
       this.#host.fatal(SQLSTATE.InvalidCatalogName, `database "${database}" does not exist`);
       return false;
     }
@@ -281,8 +281,8 @@ export class Login {
     const cached = this.#ctx.lookupCache.get(key);
     if (cached !== undefined && cached.expires > Date.now()) return cached.secret;
     const dbName = a.query_database ?? this.#s.database;
-    const target = this.#ctx.target(dbName);
-    if (target === undefined) return null;
+    const target = routingOf(this.#ctx).targetFor(dbName);
+    if (target === null) return null;
     const conn = new ServerConn(target, a.query_user, this.#host.log);
     try {
       const secret: ServerSecret = a.query_password !== undefined ? { password: a.query_password } : {};

@@ -60,6 +60,10 @@ import type { MessageStream } from '../protocol/framer.ts';
 import { encodeQuery } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
+import { type Host, NEED, type Need, type WriteMark } from '../routing/hosts.ts';
+import type { ParkedWaiter, PoolGroup } from '../routing/router.ts';
+import { SplitScanner } from '../routing/split.ts';
+import { ACCESS, type ReadOnlyClassifier } from '../sql/readonly.ts';
 import type { TrafficStats } from '../stats/registry.ts';
 import { serverLost } from './server-lost.ts';
 import { mayBeDdl, mayHaveAnyEffect, mayUseSequences, sessionEffects } from './session-features.ts';
@@ -278,7 +282,25 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   readonly id: number;
   readonly #shell: LinkShell;
   readonly #ctx: Context;
-  readonly pool: Pool;
+  /** The pools of this client's database and server user, one per server. */
+  readonly group: PoolGroup;
+  /** The pool of the server this client holds, or last held or waits for. */
+  pool: Pool;
+  /** The pool this client waits in; null when not waiting in one. */
+  #waitPool: Pool | null = null;
+  /** A server whose connect failed during this wait: the next choice avoids it. */
+  #failedHost: Host | null = null;
+  /** What the current (or awaited) server connection is for. */
+  #need: Need = NEED.Any;
+  /** read_write_split: the scanner of the client's statements (null: no split for this client). */
+  readonly #split: SplitScanner | null;
+  /** The held server serves reads proven one by one ('auto'), a READ ONLY block ('block'), or anything ('none'). */
+  #readMode: 'none' | 'auto' | 'block' = 'none';
+  /** read_your_writes: the client's last write, until a standby has caught up with it. */
+  #mark: WriteMark | null = null;
+  readonly #parker: ParkedWaiter & { since: number };
+  /** Client bytes went to the server held now (read_your_writes marks only a transaction that ran something). */
+  #ran = false;
   readonly mode: PoolMode;
   /** The settings this client's session should have on whichever server it lands. */
   readonly settings = new ClientSettings();
@@ -312,11 +334,33 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #parsesAtLend = 0;
   #closed = false;
 
-  constructor(shell: LinkShell, pool: Pool, mode: PoolMode, startup: ReadonlyMap<string, string>) {
+  constructor(
+    shell: LinkShell,
+    group: PoolGroup,
+    mode: PoolMode,
+    startup: ReadonlyMap<string, string>,
+    classifier: ReadOnlyClassifier | null = null,
+  ) {
     this.#shell = shell;
     this.id = shell.id;
     this.#ctx = shell.ctx;
-    this.pool = pool;
+    this.group = group;
+    this.pool = group.choose(NEED.Any) ?? group.poolOf(group.hosts.hosts[0] as Host);
+    this.#split =
+      classifier !== null && mode === 'transaction' && group.hosts.db.read_write_split
+        ? new SplitScanner(classifier, (name) => this.#rw?.textOf(name) ?? null)
+        : null;
+    this.#parker = {
+      since: 0,
+      retry: () => {
+        try {
+          if (this.#waitingFor !== null && !this.#closed) this.#acquire();
+        } catch (e) {
+          this.#shell.internalError(e as Error);
+        }
+      },
+      giveUp: (code, message, detail) => this.onPoolError(code, message, detail),
+    };
     this.mode = mode;
     this.#startup = startup;
     this.#rwWanted = mode === 'transaction' && shell.ctx.config.pool.max_prepared_statements > 0;
@@ -325,6 +369,13 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
 
   get server(): ServerConn | null {
     return this.#server;
+  }
+
+  /** No transaction open and nothing owed: the session could end now without cutting anything short. */
+  get betweenTransactions(): boolean {
+    const conn = this.#server;
+    if (this.#waitingFor !== null) return false;
+    return conn === null || (conn.ledger.idle && conn.ledger.txStatus === TX.Idle && this.#shell.stream.atBoundary);
   }
 
   get waiting(): boolean {
@@ -383,7 +434,40 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #wait(why: 'login' | 'txn'): void {
     this.#waitingFor = why;
     this.waitSince = performance.now();
-    const conn = this.pool.acquire(this);
+    this.#parker.since = Date.now();
+    this.#failedHost = null;
+    // A split client's first statements ride on its login server unjudged: that server is the primary.
+    this.#need = why === 'txn' ? this.#needOfHeld() : this.#split !== null ? NEED.Write : NEED.Any;
+    this.#acquire();
+  }
+
+  /** read_write_split: what the held chunks (the next transaction's first bytes) need. */
+  #needOfHeld(): Need {
+    const split = this.#split;
+    this.#readMode = 'none';
+    if (split === null || this.pinned !== null) return NEED.Any;
+    split.reset();
+    const a = split.scan(this.#held);
+    if (a === ACCESS.Write) return NEED.Write;
+    this.#readMode = a === ACCESS.Block ? 'block' : 'auto';
+    return NEED.Read;
+  }
+
+  /** Asks the pool of the server that qualifies now; parks when none does but a check may change that. */
+  #acquire(): void {
+    const pool = this.group.choose(this.#need, this.#mark, this.#failedHost);
+    if (pool === null) {
+      if (this.group.park(this.#parker)) return;
+      const r = this.group.refusal();
+      this.#waitingFor = null;
+      this.waitSince = 0;
+      this.#shell.logFor(null).info({ code: r.code, detail: r.detail }, 'no usable server for the client');
+      this.#shell.fatal(r.code, r.message, r.detail);
+      return;
+    }
+    this.pool = pool;
+    this.#waitPool = pool;
+    const conn = pool.acquire(this);
     if (conn !== null) this.onServer(conn);
   }
 
@@ -399,10 +483,13 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #onServer(conn: ServerConn): void {
     const why = this.#waitingFor;
     this.#waitingFor = null;
+    this.#waitPool = null;
     if (this.#closed) {
-      this.pool.release(conn, true);
+      (conn.pool as Pool).release(conn, true);
       return;
     }
+    this.pool = conn.pool as Pool;
+    this.#ran = this.#held.length > 0;
     this.#server = conn;
     conn.owner = this.id;
     this.#parsesAtLend = conn.statements?.prepares ?? 0;
@@ -447,6 +534,21 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
 
   /** PoolWaiter: no server will come. */
   onPoolError(code: string, message: string, detail?: string): void {
+    const from = this.#waitPool;
+    this.#waitPool = null;
+    if (code === SQLSTATE.ConnectionFailure && from !== null && this.group.hosts.hosts.length > 1 && !this.#closed) {
+      // That server did not answer: another one may (a client between transactions never notices).
+      const h = this.group.connectFailed(from, detail ?? message);
+      if (h !== null && h !== this.#failedHost) {
+        this.#failedHost = h;
+        try {
+          this.#acquire();
+        } catch (e) {
+          this.#shell.internalError(e as Error);
+        }
+        return;
+      }
+    }
     this.#waitingFor = null;
     this.waitSince = 0;
     try {
@@ -622,6 +724,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
 
   #afterValidation(): void {
     this.#greet();
+    if (this.#held.length > 0) this.#ran = true;
     const held = this.#held;
     this.#held = [];
     if (held.length > 0 && this.#server !== null) {
@@ -688,12 +791,58 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       if (this.#waitingFor !== null) this.#shell.pauseClient();
       return;
     }
+    if (this.#readMode === 'auto' && this.#holdForPrimary(server, chunk)) return;
+    this.#ran = true;
     server.cork();
     try {
       this.#shell.stream.push(chunk);
     } finally {
       server.uncork();
     }
+  }
+
+  /**
+   * A standby serves this client's proven reads: a chunk that may write
+   * waits for the next server choice, once this server owes nothing (its
+   * head, ending a frame begun in the last chunk, goes on first).
+   */
+  #holdForPrimary(server: ServerConn, chunk: Buffer): boolean {
+    const split = this.#split as SplitScanner;
+    if (this.#held.length === 0) {
+      const a = split.scan([chunk]);
+      if (a !== ACCESS.Write) {
+        if (a === ACCESS.Block) this.#readMode = 'block';
+        return false;
+      }
+      const head = split.head;
+      if (head > 0) {
+        server.cork();
+        try {
+          this.#shell.stream.push(chunk.subarray(0, head));
+        } finally {
+          server.uncork();
+        }
+      }
+      this.#held.push(head > 0 ? chunk.subarray(head) : chunk);
+    } else this.#held.push(chunk);
+    this.#shell.pauseClient();
+    this.#idleCheck();
+    return true;
+  }
+
+  /** Held chunks go to the server held now (it cannot be given up: a transaction is open, or the session keeps it). */
+  #flushHeld(conn: ServerConn): void {
+    if (this.#held.length === 0) return;
+    const held = this.#held;
+    this.#held = [];
+    this.#readMode = 'none';
+    conn.cork();
+    try {
+      for (const chunk of held) this.#shell.stream.push(chunk);
+    } finally {
+      conn.uncork();
+    }
+    this.#shell.resumeClient();
   }
 
   /**
@@ -1007,16 +1156,28 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     const conn = this.#server;
     if (conn === null || this.#closed) return;
     const ledger = conn.ledger;
-    if (!ledger.idle || ledger.txStatus !== TX.Idle || !this.#greeted) return;
+    if (!ledger.idle || !this.#greeted) return;
+    if (ledger.txStatus !== TX.Idle) {
+      if (this.#held.length > 0 && (this.#rw === null || this.#rw.idle)) this.#flushHeld(conn);
+      return;
+    }
     if (this.#rw !== null && !this.#rw.idle) return;
     if (this.#resetStartup !== null && this.#restoreStartup(conn)) return;
     if ((this.#readBack !== null || this.#readBackAll || this.#readBackSession) && this.pinned === null) {
       this.#pushReadBack(conn);
       return;
     }
-    if (this.mode === 'session' || this.pinned !== null) return;
+    if (this.mode === 'session' || this.pinned !== null) {
+      this.#flushHeld(conn);
+      return;
+    }
     if (!this.#shell.stream.atBoundary) return;
     this.#release(true);
+    if (this.#held.length > 0 && !this.#closed && this.#waitingFor === null) {
+      // Chunks held for another server (read_write_split): the next transaction starts with them.
+      this.#wait('txn');
+      if (this.#waitingFor !== null) this.#shell.pauseClient();
+    }
   }
 
   /**
@@ -1113,6 +1274,9 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       }
     // The client's answer leaves before the connection serves the next client (whose query the pool writes at once).
     this.#shell.flushClient();
+    if (this.#split !== null && this.#need !== NEED.Read && this.#ran && this.group.hosts.db.read_your_writes)
+      this.#mark = { wroteAt: Date.now(), lsn: null };
+    this.#readMode = 'none';
     this.pool.release(conn, reusable);
     // The server's 'drain' will not reach this session any more: a client
     // paused by that server's backpressure reads again now.
@@ -1135,7 +1299,10 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#waitingFor !== null) this.pool.removeWaiter(this);
+    if (this.#waitingFor !== null) {
+      this.#waitPool?.removeWaiter(this);
+      this.group.unpark(this.#parker);
+    }
     this.#waitingFor = null;
     const conn = this.#server;
     if (conn !== null) {

@@ -28,6 +28,7 @@ import type { MessageStream } from '../protocol/framer.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { encodeStartup } from '../protocol/startup.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
+import { routingOf } from '../routing/router.ts';
 import type { Startup } from './handshake.ts';
 import { serverLost } from './server-lost.ts';
 
@@ -132,8 +133,8 @@ export class RelayLink implements ServerLink {
 
   /** Opens the server connection with the client's own startup; the client is held until the server is there. */
   start(): void {
-    const target = this.#ctx.target(this.#s.database);
-    if (target === undefined) {
+    const target = routingOf(this.#ctx).targetFor(this.#s.database);
+    if (target === null) {
       this.#host.fatal(SQLSTATE.InvalidCatalogName, `database "${this.#s.database}" does not exist`);
       return;
     }

@@ -29,7 +29,7 @@ import { FE, frontendLimits, LATEST_MINOR, TX, typeTable, VALID_FRONTEND } from 
 import { type FrameSink, MessageStream } from '../protocol/framer.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import type { ViolationKind } from '../protocol/violation.ts';
-import { poolFor, route, serverSecret } from '../routing/router.ts';
+import { databaseEntry, poolFor, route, routingOf, serverSecret } from '../routing/router.ts';
 import type { TrafficStats } from '../stats/registry.ts';
 import { AdminLink } from './admin-link.ts';
 import { Handshake, type HandshakeHost, type Startup, type TlsInfo } from './handshake.ts';
@@ -296,7 +296,13 @@ export class ClientSession implements SessionHandle {
         this.#state = STATE.Connecting;
         // No server is needed until the first query, in every mode (as in
         // PgBouncer), once this pool has checked the client's startup settings.
-        const link = new PooledLink(this.#linkShell(), pool, to.mode, settings);
+        const link = new PooledLink(
+          this.#linkShell(),
+          pool,
+          to.mode,
+          settings,
+          to.db.read_write_split ? routingOf(this.#ctx).classifier : null,
+        );
         this.#pooled = link;
         link.start();
         return;
@@ -574,6 +580,12 @@ export class ClientSession implements SessionHandle {
   tick(now: number): void {
     if (this.#state !== STATE.Active || this.#pooled === null) return;
     try {
+      if (this.#pooled.betweenTransactions && databaseEntry(this.#ctx, this.database) === null) {
+        // Its database left the config (a reload): ended once its transaction is over.
+        this.#logFor(null).info({ database: this.database }, 'database removed from the config; closing the session');
+        this.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
+        return;
+      }
       this.#pooled.tick(now - this.#lastClientActivity);
     } catch (e) {
       this.#internalError(e as Error);

@@ -103,6 +103,31 @@ export const METRICS: readonly MetricDef[] = [
     samples: (s) => s.pools.map((p) => ({ labels: { database: p.database, user: p.user }, value: p.maxwait_us / 1e6 })),
   },
   {
+    name: 'postern_server_up',
+    help: 'A server of a database passes its health checks (1) or is marked down (0) (SHOW HOSTS state); role: primary, standby, unknown.',
+    type: 'gauge',
+    samples: (s) =>
+      s.hosts.map((h) => ({ labels: { database: h.database, server: h.server, role: h.role }, value: h.state === 'down' ? 0 : 1 })),
+  },
+  {
+    name: 'postern_server_lag_bytes',
+    help: "A standby's replay lag behind the primary's current WAL position, in bytes (SHOW HOSTS lag_bytes).",
+    type: 'gauge',
+    samples: (s) =>
+      s.hosts
+        .filter((h) => h.lag_bytes !== null)
+        .map((h) => ({ labels: { database: h.database, server: h.server }, value: h.lag_bytes as number })),
+  },
+  {
+    name: 'postern_server_lag_seconds',
+    help: 'Time since the last transaction a lagging standby replayed (0 when caught up) (SHOW HOSTS lag_ms).',
+    type: 'gauge',
+    samples: (s) =>
+      s.hosts
+        .filter((h) => h.lag_ms !== null)
+        .map((h) => ({ labels: { database: h.database, server: h.server }, value: (h.lag_ms as number) / 1000 })),
+  },
+  {
     name: 'postern_clients',
     help: 'Client connections by state (SHOW CLIENTS state: login, waiting, active, idle).',
     type: 'gauge',

@@ -1,19 +1,33 @@
 // The router: from what a client asked for (database, user; later the TLS
-// server name's tenant and the statement's class) to where its sessions go:
-// the server target, the server user and credentials, the pool mode and
-// size, and the pool itself. Today one host per database; routing to
-// several servers, tenants and passthrough plug in here and nowhere else.
+// server name's tenant) to where its sessions go: the database entry (or the
+// wildcard "*" entry), the server user and credentials, the pool mode and
+// size, and, for each server connection the client needs, the pool of the
+// server that may serve it now (hosts.ts decides from roles, health, lag and
+// the need: any, a proven read, a write). One pool per (database, server
+// user, server); a PoolGroup holds the pools of one (database, server user).
+// Tenants and passthrough plug in here and nowhere else.
 
 import type { StoredSecret } from '../auth/secrets.ts';
 import type { Pool } from '../backend/pool.ts';
 import type { ServerSecret, ServerTarget } from '../backend/server-conn.ts';
 import type { DatabaseConfig, PoolMode } from '../config/schema.ts';
 import type { Context } from '../context.ts';
+import { SQLSTATE } from '../protocol/sqlstate.ts';
+import { ReadOnlyClassifier } from '../sql/readonly.ts';
+import { serverTlsOptions } from '../tls/contexts.ts';
+import { HealthChecker } from './health.ts';
+import { Host, HostSet, NEED, type Need, type WriteMark } from './hosts.ts';
+
+/** The entry that serves any database name not listed (PgBouncer's `*`). */
+export const WILDCARD = '*';
 
 export interface Route {
-  /** The database name the client asked for (a config key). */
+  /** The database name the client asked for. */
   database: string;
   db: DatabaseConfig;
+  /** The servers of that database. */
+  hosts: HostSet;
+  /** The first server (single-server databases, relayed sessions without a choice). */
   target: ServerTarget;
   /** The role Postern logs into the server as. */
   serverUser: string;
@@ -24,18 +38,26 @@ export interface Route {
   password?: string;
 }
 
+/** The database entry for a name: its own, else the wildcard's; null when neither exists. */
+export function databaseEntry(ctx: Context, database: string): DatabaseConfig | null {
+  const dbs = ctx.config.databases;
+  return dbs[database] ?? (database !== WILDCARD ? dbs[WILDCARD] : undefined) ?? null;
+}
+
 /** Where a client of `database` as `user` goes; null when no such database is configured. */
 export function route(ctx: Context, database: string, user: string): Route | null {
   const cfg = ctx.config;
-  const db = cfg.databases[database];
-  const target = ctx.target(database);
-  if (db === undefined || target === undefined) return null;
+  const routing = routingOf(ctx);
+  const hosts = routing.hostSet(database);
+  if (hosts === null) return null;
+  const db = hosts.db;
   const mapping = cfg.users[user];
   const serverUser = mapping?.server_user ?? db.server_user ?? user;
   const r: Route = {
     database,
     db,
-    target,
+    hosts,
+    target: (hosts.hosts[0] as Host).target,
     serverUser,
     mode: mapping?.pool_mode ?? db.pool_mode ?? cfg.pool.pool_mode,
     poolSize: ctx.share(db.pool_size ?? cfg.pool.default_pool_size),
@@ -71,9 +93,298 @@ export function serverSecret(r: Route, user: string, creds: LoginCredentials): S
   return secret;
 }
 
-/** The pool of a route; the newest usable credentials open its next connections. */
-export function poolFor(ctx: Context, r: Route, secret: ServerSecret): Pool {
-  const pool = ctx.pools.get(r.target, r.serverUser, r.mode, r.poolSize);
-  if (secret.password !== undefined || secret.scramKeys !== undefined || secret.md5 !== undefined) pool.secret = secret;
-  return pool;
+function usable(s: ServerSecret): boolean {
+  return s.password !== undefined || s.scramKeys !== undefined || s.md5 !== undefined;
 }
+
+/** The pools of a route; the newest usable credentials open their next connections. */
+export function poolFor(ctx: Context, r: Route, secret: ServerSecret): PoolGroup {
+  return routingOf(ctx).group(r, secret);
+}
+
+/** Someone waiting for a server of a group while none qualifies (a failover in progress). */
+export interface ParkedWaiter {
+  readonly since: number;
+  /** A server may qualify now: try again. */
+  retry(): void;
+  /** None came in time (pool.query_wait_timeout). */
+  giveUp(code: string, message: string, detail: string): void;
+}
+
+/** The pools of one (database, server user): one per server of the database. */
+export class PoolGroup {
+  readonly key: string;
+  readonly hosts: HostSet;
+  readonly user: string;
+  mode: PoolMode;
+  size: number;
+  secret: ServerSecret = {};
+  readonly #ctx: Context;
+  readonly #pools = new Map<Host, Pool>();
+  readonly #parked = new Set<ParkedWaiter>();
+
+  constructor(ctx: Context, hosts: HostSet, user: string, mode: PoolMode, size: number) {
+    this.#ctx = ctx;
+    this.hosts = hosts;
+    this.user = user;
+    this.mode = mode;
+    this.size = size;
+    this.key = `${hosts.database}/${user}`;
+  }
+
+  /** The pool of one server (made on first use). */
+  poolOf(h: Host): Pool {
+    let p = this.#pools.get(h);
+    if (p === undefined || p.target !== h.target || !this.#ctx.pools.has(p)) {
+      p = this.#ctx.pools.get(h.target, this.user, this.mode, this.size);
+      this.#pools.set(h, p);
+    } else {
+      p.mode = this.mode;
+      p.size = this.size;
+    }
+    if (usable(this.secret)) p.secret = this.secret;
+    return p;
+  }
+
+  /** The server a pool belongs to. */
+  hostOf(pool: Pool): Host | null {
+    for (const [h, p] of this.#pools) if (p === pool) return h;
+    return null;
+  }
+
+  /** The pool for a need now, or null when no server qualifies. */
+  choose(need: Need, mark: WriteMark | null = null, exclude: Host | null = null): Pool | null {
+    const hosts = this.hosts.hosts;
+    if (hosts.length === 1 && !this.hosts.watched) {
+      const only = hosts[0] as Host;
+      return only === exclude ? null : this.poolOf(only);
+    }
+    const h = this.hosts.pick(need, (x) => this.#pools.get(x)?.total ?? 0, exclude, mark);
+    return h === null ? null : this.poolOf(h);
+  }
+
+  /** A connect to this pool's server failed: it counts as a failed check. */
+  connectFailed(pool: Pool, why: string): Host | null {
+    const h = this.hostOf(pool);
+    if (h !== null) routingOf(this.#ctx).checker.failed(h, why);
+    return h;
+  }
+
+  /** Nothing qualifies now but a check may change that: wait (true), or nothing will (false: refuse now). */
+  park(w: ParkedWaiter): boolean {
+    if (!this.hosts.unsettled) return false;
+    this.#parked.add(w);
+    return true;
+  }
+
+  unpark(w: ParkedWaiter): void {
+    this.#parked.delete(w);
+  }
+
+  /** The error a client gets when no server of the database qualifies. */
+  refusal(): { code: string; message: string; detail: string } {
+    const attrs = this.hosts.db.target_session_attrs;
+    return {
+      code: SQLSTATE.ConnectionFailure,
+      message: `no server of database "${this.hosts.database}" is usable for target_session_attrs=${attrs}`,
+      detail: this.hosts.refusals(),
+    };
+  }
+
+  /** After a health check: parked waiters try again. */
+  retryParked(): void {
+    if (this.#parked.size === 0) return;
+    const parked = [...this.#parked];
+    this.#parked.clear();
+    for (const w of parked) w.retry();
+  }
+
+  /** Janitor: parked waiters past pool.query_wait_timeout are refused. */
+  tick(now: number, timeout: number): void {
+    if (timeout <= 0) return;
+    for (const w of [...this.#parked]) {
+      if (now - w.since < timeout) continue;
+      this.#parked.delete(w);
+      const r = this.refusal();
+      w.giveUp(r.code, r.message, r.detail);
+    }
+  }
+
+  pools(): Pool[] {
+    return [...this.#pools.values()];
+  }
+}
+
+/** Routing state of one Postern instance: the server sets, the pool groups and the health checker. */
+export class Routing {
+  readonly #ctx: Context;
+  readonly #sets = new Map<string, HostSet>();
+  readonly #groups = new Map<string, PoolGroup>();
+  readonly checker: HealthChecker;
+  /** Per database: the newest server user and credentials a client login gave (health checks without health.user use them). */
+  readonly logins = new Map<string, { user: string; secret: ServerSecret }>();
+
+  #classifier: { from: readonly string[]; value: ReadOnlyClassifier } | null = null;
+
+  constructor(ctx: Context) {
+    this.#ctx = ctx;
+    this.checker = new HealthChecker(ctx, this);
+  }
+
+  /** The read-only proof of read_write_split, with routing.read_only_functions (remade when that list changes). */
+  get classifier(): ReadOnlyClassifier {
+    const list = this.#ctx.config.routing.read_only_functions;
+    if (this.#classifier?.from !== list) this.#classifier = { from: list, value: new ReadOnlyClassifier(list) };
+    return this.#classifier.value;
+  }
+
+  /** The servers of a database (or of the wildcard entry, under the client's database name); null when neither is configured. */
+  hostSet(database: string): HostSet | null {
+    const db = databaseEntry(this.#ctx, database);
+    if (db === null) return null;
+    const have = this.#sets.get(database);
+    if (have !== undefined && have.db === db) return have;
+    if (have !== undefined && serversKey(have.db, database) === serversKey(db, database)) {
+      // A reload that left this database's servers as they were: same servers, same pools.
+      have.db = db;
+      return have;
+    }
+    const set = this.#build(database, db, have);
+    this.#sets.set(database, set);
+    return set;
+  }
+
+  /** A server for a connection of Postern's own or a relayed session: one that qualifies now, else the first; null when the database is unknown. */
+  targetFor(database: string): ServerTarget | null {
+    const set = this.hostSet(database);
+    if (set === null) return null;
+    const h = set.hosts.length === 1 ? set.hosts[0] : (set.pick(NEED.Any, () => 0) ?? set.hosts[0]);
+    return (h as Host).target;
+  }
+
+  /** Every set made so far (the checker watches them, SHOW HOSTS lists them). */
+  sets(): HostSet[] {
+    return [...this.#sets.values()];
+  }
+
+  /** The sets of the config's databases now: made for every listed entry, dropped for removed ones. */
+  refresh(): void {
+    const dbs = this.#ctx.config.databases;
+    for (const name of Object.keys(dbs)) if (name !== WILDCARD) this.hostSet(name);
+    for (const [name, set] of this.#sets) {
+      const db = databaseEntry(this.#ctx, name);
+      if (db === null) {
+        this.#sets.delete(name);
+        this.checker.forget(set);
+      } else if (db !== set.db) this.hostSet(name);
+    }
+  }
+
+  /** A set for a (new or changed) entry; servers that stay keep what the checks know of them. */
+  #build(database: string, db: DatabaseConfig, old: HostSet | undefined): HostSet {
+    const list = db.servers ?? [{ host: db.host, port: db.port }];
+    const many = list.length > 1;
+    const dbname = db.dbname ?? database;
+    const hosts: Host[] = [];
+    for (const s of list) {
+      const prev = old?.hosts.find((h) => h.target.host === s.host && h.target.port === s.port && h.target.dbname === dbname);
+      if (
+        prev !== undefined &&
+        old !== undefined &&
+        JSON.stringify(old.db.tls) === JSON.stringify(db.tls) &&
+        (prev.target.server !== null) === many
+      ) {
+        hosts.push(prev);
+        continue;
+      }
+      const target: ServerTarget = {
+        name: database,
+        host: s.host,
+        port: s.port,
+        dbname,
+        tls: serverTlsOptions(db, s.host),
+        connectTimeout: this.#ctx.config.limits.server_connect_timeout,
+        server: many ? `${s.host}:${s.port}` : null,
+      };
+      hosts.push(new Host(database, target));
+    }
+    if (old !== undefined) {
+      old.db = db;
+      old.hosts = hosts;
+      return old;
+    }
+    return new HostSet(database, db, hosts);
+  }
+
+  group(r: Route, secret: ServerSecret): PoolGroup {
+    const key = `${r.database}/${r.serverUser}`;
+    let g = this.#groups.get(key);
+    if (g === undefined || g.hosts !== r.hosts) {
+      g = new PoolGroup(this.#ctx, r.hosts, r.serverUser, r.mode, r.poolSize);
+      this.#groups.set(key, g);
+    }
+    g.mode = r.mode;
+    g.size = r.poolSize;
+    if (usable(secret)) {
+      g.secret = secret;
+      this.logins.set(r.database, { user: r.serverUser, secret });
+    }
+    return g;
+  }
+
+  groups(): PoolGroup[] {
+    return [...this.#groups.values()];
+  }
+
+  /** A check changed what qualifies: parked clients try again. */
+  changed(set: HostSet): void {
+    for (const g of this.#groups.values()) if (g.hosts === set) g.retryParked();
+  }
+
+  /** Janitor tick: parked waiters past their wait timeout; pools and sets of wildcard databases unused for server_idle_timeout go. */
+  tick(now: number): void {
+    const cfg = this.#ctx.config;
+    for (const g of this.#groups.values()) g.tick(now, cfg.pool.query_wait_timeout);
+    if (cfg.databases[WILDCARD] === undefined) return;
+    for (const [name, set] of this.#sets) {
+      if (cfg.databases[name] !== undefined) continue;
+      let busy = false;
+      for (const h of set.hosts)
+        for (const p of this.poolsOf(h)) {
+          if (p.total > 0 || p.counts(now).cl_waiting > 0) p.lastBusy = now;
+          if (now - p.lastBusy < cfg.pool.server_idle_timeout) busy = true;
+        }
+      if (busy) continue;
+      for (const h of set.hosts) for (const p of this.poolsOf(h)) this.#ctx.pools.drop(p);
+      this.#sets.delete(name);
+      this.checker.forget(set);
+      for (const [key, g] of this.#groups) if (g.hosts === set) this.#groups.delete(key);
+    }
+  }
+
+  /** The pools of one server, over every server user. */
+  poolsOf(h: Host): Pool[] {
+    const out: Pool[] = [];
+    for (const p of this.#ctx.pools.all()) if (p.target === h.target) out.push(p);
+    return out;
+  }
+}
+
+/** What makes a database's servers the same ones: addresses, database name, TLS. */
+function serversKey(db: DatabaseConfig, database: string): string {
+  return JSON.stringify([db.servers ?? [{ host: db.host, port: db.port }], db.dbname ?? database, db.tls]);
+}
+
+const instances = new WeakMap<Context, Routing>();
+
+/** The routing state of an instance (made at first use). */
+export function routingOf(ctx: Context): Routing {
+  let r = instances.get(ctx);
+  if (r === undefined) {
+    r = new Routing(ctx);
+    instances.set(ctx, r);
+  }
+  return r;
+}
+
+export { NEED };

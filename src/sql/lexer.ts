@@ -975,3 +975,31 @@ export function splitStatements(sql: string, options: LexOptions = {}): Statemen
   if (start >= 0) out.push({ start, end });
   return out;
 }
+
+// Masks in cache keys. A query text cannot hold NUL (wire strings are
+// NUL-terminated, and describe() parses no text containing one), so these
+// never collide with text copied from the source. A constant and a $n
+// parameter get different keys, and so does a lexical error: a text PostgreSQL
+// rejects never shares a cache entry with one it accepts.
+const KEY_CONSTANT = '\u0000';
+const KEY_ERROR = '\u0000!';
+
+/**
+ * The cache key of a text: its tokens as written, constants masked, any run of
+ * whitespace and comments between two tokens reduced to one space. Two texts
+ * with the same key differ only in constant values, whitespace and comments,
+ * none of which changes the fingerprint or the normalized text.
+ */
+export function shapeKey(text: string): string {
+  const lexer = new Lexer(text);
+  let out = '';
+  let prevEnd = -1;
+  for (let t = lexer.next(); t !== null; t = lexer.next()) {
+    if (prevEnd >= 0 && t.start > prevEnd) out += ' ';
+    prevEnd = t.end;
+    if (t.kind === TOKEN.STRING || t.kind === TOKEN.NUMBER) out += KEY_CONSTANT;
+    else if (t.kind === TOKEN.ERROR) out += KEY_ERROR;
+    else out += text.slice(t.start, t.end);
+  }
+  return out;
+}

@@ -22,7 +22,7 @@
 import { createHash } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { fingerprintSync, loadModule, normalizeSync } from 'libpg-query';
-import { Lexer, TOKEN } from '../sql/lexer.ts';
+import { Lexer, shapeKey, TOKEN } from '../sql/lexer.ts';
 
 export interface ShapeId {
   /** 16 lower-case hex digits: libpg-query's fingerprint, or a hash of the lexer-normalized text when not parsed. */
@@ -57,34 +57,6 @@ export const MAX_PARSE_CHARS = 100_000;
 const CACHE_BUDGET_CHARS = 16 * 1024 * 1024;
 
 const FINGERPRINT = /^[0-9a-f]{16}$/;
-
-// Masks in cache keys. A query text cannot hold NUL (wire strings are
-// NUL-terminated, and describe() parses no text containing one), so these
-// never collide with text copied from the source. A constant and a $n
-// parameter get different keys, and so does a lexical error: a text PostgreSQL
-// rejects never shares a cache entry with one it accepts.
-const KEY_CONSTANT = '\u0000';
-const KEY_ERROR = '\u0000!';
-
-/**
- * The cache key of a text: its tokens as written, constants masked, any run of
- * whitespace and comments between two tokens reduced to one space. Two texts
- * with the same key differ only in constant values, whitespace and comments,
- * none of which changes the fingerprint or the normalized text.
- */
-function shapeKey(text: string): string {
-  const lexer = new Lexer(text);
-  let out = '';
-  let prevEnd = -1;
-  for (let t = lexer.next(); t !== null; t = lexer.next()) {
-    if (prevEnd >= 0 && t.start > prevEnd) out += ' ';
-    prevEnd = t.end;
-    if (t.kind === TOKEN.STRING || t.kind === TOKEN.NUMBER) out += KEY_CONSTANT;
-    else if (t.kind === TOKEN.ERROR) out += KEY_ERROR;
-    else out += text.slice(t.start, t.end);
-  }
-  return out;
-}
 
 /**
  * The text rebuilt from its tokens: constants (and what the lexer could not

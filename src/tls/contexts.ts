@@ -106,9 +106,9 @@ export interface ServerTlsOptions {
 }
 
 /** Options for tls.connect() to a database's server; read once per config load. */
-export function serverTlsOptions(db: DatabaseConfig): ServerTlsOptions {
+export function serverTlsOptions(db: DatabaseConfig, host: string = db.host): ServerTlsOptions {
   const t = db.tls;
-  const servername = t.server_name ?? db.host;
+  const servername = t.server_name ?? host;
   const connect: tls.ConnectionOptions = {
     minVersion: 'TLSv1.2',
     rejectUnauthorized: t.mode === 'verify-ca' || t.mode === 'verify-full',

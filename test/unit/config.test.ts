@@ -119,7 +119,17 @@ describe('validateConfig', () => {
     assert.equal(c.limits.shutdown_timeout, 30_000);
     assert.equal(c.limits.max_message_size, 1_073_741_824);
     assert.equal(c.log.level, 'info');
-    assert.deepEqual(c.databases, { app: { host: '127.0.0.1', port: 5432, tls: { mode: 'prefer' } } });
+    assert.deepEqual(c.databases, {
+      app: {
+        host: '127.0.0.1',
+        port: 5432,
+        tls: { mode: 'prefer' },
+        target_session_attrs: 'any',
+        load_balance: 'round-robin',
+        read_write_split: false,
+        read_your_writes: false,
+      },
+    });
   });
 
   it('converts units and keeps given values', () => {
@@ -136,8 +146,48 @@ describe('validateConfig', () => {
     assert.equal(r.config.limits.client_login_timeout, 120_000);
     assert.equal(r.config.limits.server_connect_timeout, 3000);
     assert.equal(r.config.limits.max_message_size, 64 * 1024 ** 2);
-    assert.deepEqual(r.config.databases.a, { host: 'db1', port: 6000, dbname: 'real', tls: { mode: 'prefer' } });
+    assert.deepEqual(r.config.databases.a, {
+      host: 'db1',
+      port: 6000,
+      dbname: 'real',
+      tls: { mode: 'prefer' },
+      target_session_attrs: 'any',
+      load_balance: 'round-robin',
+      read_write_split: false,
+      read_your_writes: false,
+    });
     assert.equal(r.config.databases.b?.tls.mode, 'disable');
+  });
+
+  it('reads several servers per database and a replica lag limit as bytes or a duration', () => {
+    const r = validateConfig(
+      {
+        databases: {
+          a: {
+            servers: ['10.0.0.1:5433', { host: 'db2' }, '[::1]:6000', 'db3'],
+            max_replica_lag: '16MB',
+            target_session_attrs: 'read-write',
+          },
+          b: { max_replica_lag: '5s', load_balance: 'least-connections', read_write_split: true },
+        },
+      },
+      tmp,
+    );
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual(r.config.databases.a?.servers, [
+      { host: '10.0.0.1', port: 5433 },
+      { host: 'db2', port: 5432 },
+      { host: '::1', port: 6000 },
+      { host: 'db3', port: 5432 },
+    ]);
+    assert.deepEqual(r.config.databases.a?.max_replica_lag, { bytes: 16 * 1024 ** 2 });
+    assert.equal(r.config.databases.a?.target_session_attrs, 'read-write');
+    assert.deepEqual(r.config.databases.b?.max_replica_lag, { ms: 5000 });
+    assert.equal(r.config.databases.b?.load_balance, 'least-connections');
+    for (const bad of [{ servers: [] }, { servers: ['a:b:c'] }, { max_replica_lag: 'soon' }, { target_session_attrs: 'master' }]) {
+      const x = validateConfig({ databases: { a: bad } }, tmp);
+      assert.equal(x.ok, false, JSON.stringify(bad));
+    }
   });
 
   it('resolves relative paths against baseDir and leaves absolute ones alone', () => {

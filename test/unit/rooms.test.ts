@@ -24,6 +24,8 @@ import { AUTH, FE, PROTOCOL_3_0, VALID_FRONTEND } from '../../src/protocol/codes
 import { MessageStream } from '../../src/protocol/framer.ts';
 import { encodeParse, encodePassword, SYNC } from '../../src/protocol/frontend.ts';
 import { encodeCancel, encodeStartup, GSSENC_REQUEST, SSL_REQUEST } from '../../src/protocol/startup.ts';
+import { NEED } from '../../src/routing/hosts.ts';
+import { poolFor, route } from '../../src/routing/router.ts';
 import { parseMessages } from '../helpers/wire.ts';
 
 let dir: string;
@@ -287,9 +289,11 @@ describe('pooled link, the paths without a server', () => {
       traffic: () => null,
       cycled() {},
     });
-    const target = ctx.target('appdb');
-    assert.ok(target !== undefined);
-    const pool = ctx.pools.get(target, 'app', 'transaction', 2);
+    const r = route(ctx, 'appdb', 'app');
+    assert.ok(r !== null);
+    const group = poolFor(ctx, { ...r, mode: 'transaction', poolSize: 2 }, {});
+    const pool = group.choose(NEED.Any);
+    assert.ok(pool !== null);
     const shell: LinkShell = {
       id: 1,
       ctx,
@@ -316,7 +320,7 @@ describe('pooled link, the paths without a server', () => {
       countError() {},
       countViolation() {},
     };
-    return { l: new PooledLink(shell, pool, 'transaction', settings), pool, sent, greeted, fatal };
+    return { l: new PooledLink(shell, group, 'transaction', settings), pool, sent, greeted, fatal };
   }
 
   it('a set of startup settings the pool already checked is greeted at once, with the server spelling', () => {
