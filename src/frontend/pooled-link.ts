@@ -345,7 +345,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
     this.id = shell.id;
     this.#ctx = shell.ctx;
     this.group = group;
-    this.pool = group.choose(NEED.Any) ?? group.poolOf(group.hosts.hosts[0] as Host);
+    // Until a server is chosen: the pool whose login defaults greet the client (no round-robin turn taken).
+    this.pool = group.poolOf(group.hosts.primary ?? (group.hosts.hosts[0] as Host));
     this.#split =
       classifier !== null && mode === 'transaction' && group.hosts.db.read_write_split
         ? new SplitScanner(classifier, (name) => this.#rw?.textOf(name) ?? null)

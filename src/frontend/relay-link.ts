@@ -133,9 +133,17 @@ export class RelayLink implements ServerLink {
 
   /** Opens the server connection with the client's own startup; the client is held until the server is there. */
   start(): void {
-    const target = routingOf(this.#ctx).targetFor(this.#s.database);
+    const routing = routingOf(this.#ctx);
+    const target = routing.targetFor(this.#s.database);
     if (target === null) {
-      this.#host.fatal(SQLSTATE.InvalidCatalogName, `database "${this.#s.database}" does not exist`);
+      const set = routing.hostSet(this.#s.database);
+      if (set === null) this.#host.fatal(SQLSTATE.InvalidCatalogName, `database "${this.#s.database}" does not exist`);
+      else
+        this.#host.fatal(
+          SQLSTATE.ConnectionFailure,
+          `no server of database "${this.#s.database}" is usable for target_session_attrs=${set.db.target_session_attrs}`,
+          set.refusals(),
+        );
       return;
     }
     this.#host.stream.setInspect(CLIENT_INSPECT_RELAY);

@@ -128,8 +128,13 @@ export class AdminHttp {
     databases: () => Record<string, DatabaseConfig>,
     log: Logger,
   ): Promise<{ http: AdminHttp; port: number }> {
+    // Every server of every database; a database with several is listed as name@host:port.
     const servers = (): Array<{ name: string; host: string; port: number }> =>
-      Object.entries(databases()).map(([name, d]) => ({ name, host: d.host, port: d.port }));
+      Object.entries(databases()).flatMap(([name, d]) =>
+        d.servers === undefined || d.servers.length === 0
+          ? [{ name, host: d.host, port: d.port }]
+          : d.servers.map((s) => ({ name: d.servers?.length === 1 ? name : `${name}@${s.host}:${s.port}`, host: s.host, port: s.port })),
+      );
     const http = new AdminHttp(new MetricsRegistry(snapshot), { listening, servers }, log);
     const port = await http.listen(hostPort);
     log.info({ listen: hostPort, port }, 'admin http listening');

@@ -254,12 +254,12 @@ export class Routing {
     return set;
   }
 
-  /** A server for a connection of Postern's own or a relayed session: one that qualifies now, else the first; null when the database is unknown. */
+  /** A server for a connection of Postern's own or a relayed session: one that qualifies now; null when the database is unknown or none qualifies. */
   targetFor(database: string): ServerTarget | null {
     const set = this.hostSet(database);
     if (set === null) return null;
-    const h = set.hosts.length === 1 ? set.hosts[0] : (set.pick(NEED.Any, () => 0) ?? set.hosts[0]);
-    return (h as Host).target;
+    const h = set.hosts.length === 1 && !set.watched ? set.hosts[0] : set.pick(NEED.Any, () => 0);
+    return h === null || h === undefined ? null : h.target;
   }
 
   /** Every set made so far (the checker watches them, SHOW HOSTS lists them). */

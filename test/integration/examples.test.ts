@@ -26,3 +26,25 @@ test('examples/auth/run.mjs: every method behaves as documented', async () => {
   assert.match(result('wrong password'), /FATAL: {2}password authentication failed for user "app"/);
   assert.match(result('reject line'), /FATAL: {2}pg_hba.conf rejects connection for host "127.0.0.1", user "mallory"/);
 });
+
+test('examples/routing/run.mjs: reads, writes, blocks, SIGHUP and a failover land where the docs say', async () => {
+  const r = await run(process.execPath, ['examples/routing/run.mjs'], { timeoutMs: 120_000 });
+  assert.equal(r.code, 0, r.stderr);
+  const answer = (title: string): string =>
+    `\n${r.stdout}`
+      .split('\n# ')
+      .find((s) => s.startsWith(title))
+      ?.trim()
+      .split('\n')
+      .pop() ?? '';
+  assert.match(answer('a read on app goes to a standby'), /^standby [12]$/);
+  const two = new Set([answer('a read on app goes to a standby'), answer('another read, the other standby')]);
+  assert.equal(two.size, 2, 'the two reads used both standbys');
+  assert.equal(answer('a write on app goes to the primary'), 'primary, INSERT 0 1');
+  assert.equal(answer('a BEGIN block on app goes to the primary'), 'BEGIN, primary, COMMIT');
+  assert.match(answer('a READ ONLY block on app goes to a standby'), /^BEGIN, standby [12], COMMIT$/);
+  assert.equal(answer('app_rw: the primary'), 'primary');
+  assert.match(answer('app_ro: a standby'), /^standby [12]$/);
+  assert.equal(answer('after SIGHUP, the added database reports'), 'appdb');
+  assert.match(r.stdout, /writes through app_rw land on: standby 1 \(/);
+});
