@@ -272,6 +272,16 @@ export const READ_ONLY_FUNCTIONS: readonly string[] = [
 /** Texts longer than this are not parsed for routing (the parser's cost grows with the text): they go to the primary. */
 const MAX_CHARS = 20_000;
 const CACHE_ENTRIES = 4096;
+const EXACT_MAX_CHARS = 2048;
+
+/** Bounded insert: the oldest entry goes first. */
+function remember(m: Map<string, Access>, key: string, a: Access): void {
+  if (m.size >= CACHE_ENTRIES) {
+    const oldest = m.keys().next();
+    if (oldest.done !== true) m.delete(oldest.value);
+  }
+  m.set(key, a);
+}
 
 let loaded = false;
 let loading: Promise<void> | null = null;
@@ -292,6 +302,7 @@ const WRITES = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', '
 export class ReadOnlyClassifier {
   readonly #allowed: Set<string>;
   readonly #cache = new Map<string, Access>();
+  readonly #exact = new Map<string, Access>();
 
   constructor(extraFunctions: readonly string[] = []) {
     this.#allowed = new Set(READ_ONLY_FUNCTIONS);
@@ -301,15 +312,16 @@ export class ReadOnlyClassifier {
   /** What running `text` does: read, open a read-only block, or (possibly) write. */
   classify(text: string): Access {
     if (!loaded || text.length > MAX_CHARS) return ACCESS.Write;
+    // The same text again (a driver's prepared statement, pgbench -M extended): no lexing at all.
+    const exact = this.#exact.get(text);
+    if (exact !== undefined) return exact;
     const key = shapeKey(text);
-    const hit = this.#cache.get(key);
-    if (hit !== undefined) return hit;
-    const a = this.#decide(text);
-    if (this.#cache.size >= CACHE_ENTRIES) {
-      const oldest = this.#cache.keys().next();
-      if (oldest.done !== true) this.#cache.delete(oldest.value);
+    let a = this.#cache.get(key);
+    if (a === undefined) {
+      a = this.#decide(text);
+      remember(this.#cache, key, a);
     }
-    this.#cache.set(key, a);
+    if (text.length <= EXACT_MAX_CHARS) remember(this.#exact, text, a);
     return a;
   }
 
