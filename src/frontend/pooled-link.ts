@@ -458,8 +458,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #acquire(): void {
     const pool = this.group.choose(this.#need, this.#mark, this.#failedHost);
     if (pool === null) {
-      if (this.group.park(this.#parker)) return;
-      const r = this.group.refusal();
+      if (this.group.park(this.#parker, this.#need)) return;
+      const r = this.group.refusal(this.#need);
       this.#waitingFor = null;
       this.waitSince = 0;
       this.#shell.logFor(null).info({ code: r.code, detail: r.detail }, 'no usable server for the client');

@@ -161,15 +161,12 @@ export class HostSet {
     const lag = db.max_replica_lag;
     const ok: Host[] = [];
     for (const h of this.hosts) if (h !== exclude && this.#matches(h, attrs, primary) && !h.lagging(lag)) ok.push(h);
-    if (ok.length === 0) {
-      // Lagging standbys are still better than nothing for the attrs that allow only standbys.
-      if (attrs === 'standby' || attrs === 'read-only') return null;
-      return null;
-    }
+    if (ok.length === 0) return null;
     let pool = ok;
     if (need === NEED.Write) {
+      // A write never goes to a standby: without a primary it waits (a failover) or is refused.
       pool = ok.filter((h) => h === primary);
-      if (pool.length === 0) pool = ok;
+      if (pool.length === 0) return null;
     } else if (need === NEED.Read) {
       const need = mark !== null && db.read_your_writes ? this.#mustSee(mark) : -1n;
       const standbys = ok.filter((h) => h.role === ROLE.Standby && (need < 0n || (h.lsn !== null && h.lsn >= need)));
@@ -225,10 +222,19 @@ export class HostSet {
     }
   }
 
-  /** Nothing qualifies, but a check may change that soon (a server down or unchecked, a standby lagging): worth waiting. */
-  get unsettled(): boolean {
-    for (const h of this.hosts) if (!h.up || !h.checked || h.lagging(this.db.max_replica_lag)) return true;
-    return this.primary === null && this.db.target_session_attrs !== 'standby' && this.db.target_session_attrs !== 'read-only';
+  /**
+   * Nothing qualifies for `need`, but a check may change that soon: a server
+   * not checked yet, failing but not yet down, or lagging; or a primary is
+   * needed, there is none, and a server is down (a failover in progress).
+   * Otherwise nothing will change by waiting: the client is refused at once,
+   * as libpq would refuse it.
+   */
+  unsettled(need: Need): boolean {
+    const lag = this.db.max_replica_lag;
+    for (const h of this.hosts) if (!h.checked || (h.up && h.failures > 0) || h.lagging(lag)) return true;
+    const attrs = this.db.target_session_attrs;
+    const needsPrimary = need === NEED.Write || attrs === 'read-write' || attrs === 'primary';
+    return needsPrimary && this.primary === null && this.hosts.some((h) => !h.up);
   }
 
   /** The error detail when nothing qualifies: each server and why not. */

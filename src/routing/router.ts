@@ -121,7 +121,7 @@ export class PoolGroup {
   secret: ServerSecret = {};
   readonly #ctx: Context;
   readonly #pools = new Map<Host, Pool>();
-  readonly #parked = new Set<ParkedWaiter>();
+  readonly #parked = new Map<ParkedWaiter, Need>();
 
   constructor(ctx: Context, hosts: HostSet, user: string, mode: PoolMode, size: number) {
     this.#ctx = ctx;
@@ -171,9 +171,9 @@ export class PoolGroup {
   }
 
   /** Nothing qualifies now but a check may change that: wait (true), or nothing will (false: refuse now). */
-  park(w: ParkedWaiter): boolean {
-    if (!this.hosts.unsettled) return false;
-    this.#parked.add(w);
+  park(w: ParkedWaiter, need: Need): boolean {
+    if (!this.hosts.unsettled(need)) return false;
+    this.#parked.set(w, need);
     return true;
   }
 
@@ -182,11 +182,14 @@ export class PoolGroup {
   }
 
   /** The error a client gets when no server of the database qualifies. */
-  refusal(): { code: string; message: string; detail: string } {
+  refusal(need: Need = NEED.Any): { code: string; message: string; detail: string } {
     const attrs = this.hosts.db.target_session_attrs;
     return {
       code: SQLSTATE.ConnectionFailure,
-      message: `no server of database "${this.hosts.database}" is usable for target_session_attrs=${attrs}`,
+      message:
+        need === NEED.Write && attrs !== 'read-write' && attrs !== 'primary'
+          ? `no primary of database "${this.hosts.database}" is up for a transaction that may write`
+          : `no server of database "${this.hosts.database}" is usable for target_session_attrs=${attrs}`,
       detail: this.hosts.refusals(),
     };
   }
@@ -194,7 +197,7 @@ export class PoolGroup {
   /** After a health check: parked waiters try again. */
   retryParked(): void {
     if (this.#parked.size === 0) return;
-    const parked = [...this.#parked];
+    const parked = [...this.#parked.keys()];
     this.#parked.clear();
     for (const w of parked) w.retry();
   }
@@ -202,10 +205,10 @@ export class PoolGroup {
   /** Janitor: parked waiters past pool.query_wait_timeout are refused. */
   tick(now: number, timeout: number): void {
     if (timeout <= 0) return;
-    for (const w of [...this.#parked]) {
+    for (const [w, need] of [...this.#parked]) {
       if (now - w.since < timeout) continue;
       this.#parked.delete(w);
-      const r = this.refusal();
+      const r = this.refusal(need);
       w.giveUp(r.code, r.message, r.detail);
     }
   }

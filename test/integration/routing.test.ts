@@ -353,3 +353,16 @@ test('failover: the primary stops, a standby is promoted, writes find it with no
     await c.end().catch(() => {});
   }
 });
+
+test('no server qualifies and none is on its way: the client is refused at once, naming the database and each server', async () => {
+  // After the failover: the old primary and standby 2 are down, standby 1 is the primary now.
+  const r = await psql(`host=127.0.0.1 port=${px.port} user=app dbname=ro`, 'select 1');
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /no server of database "ro" is usable for target_session_attrs=standby/);
+  assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${s1.port}: server is not in hot standby mode`));
+  assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${s2.port}: down`));
+  // read-write still finds the promoted server.
+  const w = await psql(`host=127.0.0.1 port=${px.port} user=app dbname=rw`, 'select inet_server_port()');
+  assert.equal(w.code, 0, w.stderr);
+  assert.equal(Number(w.stdout.trim()), s1.port);
+});
