@@ -257,6 +257,16 @@ test('the wildcard entry serves a database that is not listed', async () => {
   const r = await psql(`host=127.0.0.1 port=${px.port} user=app dbname=otherdb`, 'select current_database()');
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout.trim(), 'otherdb');
+  const admin = `host=127.0.0.1 port=${px.port} user=app dbname=postern`;
+  const pools = async (): Promise<string> => (await psql(admin, 'SHOW POOLS')).stdout;
+  assert.match(await pools(), /^otherdb\|app\|/m, 'a pool made on demand');
+  // Unused for server_idle_timeout: its connections close, then the janitor drops the pool.
+  assert.equal((await psql(admin, 'SET pool.server_idle_timeout = 1')).code, 0);
+  try {
+    await waitUntil(async () => !/^otherdb\|/m.test(await pools()), 15_000, 'the unused wildcard pool dropped');
+  } finally {
+    assert.equal((await psql(admin, "SET pool.server_idle_timeout = '600s'")).code, 0);
+  }
 });
 
 test('a reload adds a database while a session stays connected, and ends sessions of a removed one', async () => {
