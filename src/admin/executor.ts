@@ -295,10 +295,12 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
         for (const [name, db] of Object.entries(ctx.config.databases).sort((a, b) => a[0].localeCompare(b[0]))) {
           const servers = snap.servers.filter((s) => s.database === name).length;
           const clientsN = snap.clients.filter((c) => c.database === name).length;
+          // Several servers: PgBouncer's multi-host spelling (hosts comma-separated) and the balancing in load_balance_hosts.
+          const many = db.servers !== undefined && db.servers.length > 0;
           rows.push([
             name,
-            db.host,
-            db.port,
+            many ? (db.servers ?? []).map((h) => h.host).join(',') : db.host,
+            many ? (db.servers?.[0]?.port ?? db.port) : db.port,
             db.dbname ?? name,
             db.server_user ?? null,
             db.pool_size ?? pool.default_pool_size,
@@ -306,7 +308,7 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
             pool.reserve_pool_size,
             Math.round(pool.server_lifetime / 1000),
             db.pool_mode ?? pool.pool_mode,
-            null,
+            many && (db.servers?.length ?? 0) > 1 ? db.load_balance : null,
             pool.max_db_connections,
             servers,
             pool.max_client_conn,

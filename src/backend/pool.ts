@@ -630,6 +630,12 @@ export class PoolRegistry implements PoolHost {
     return [...this.#pools.values()];
   }
 
+  /** A pool whose server left the config: nothing more is lent from it, its connections close (lent ones when they come back). */
+  retire(p: Pool): void {
+    if (this.#pools.get(p.key) === p) this.#pools.delete(p.key);
+    p.retire();
+  }
+
   /** Is this pool the registered one for its key (not dropped or replaced)? */
   has(p: Pool): boolean {
     return this.#pools.get(p.key) === p;

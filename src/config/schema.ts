@@ -492,7 +492,7 @@ export const SETTINGS: readonly Setting[] = [
     duration,
     '2s',
     true,
-    'How often each server of a database with several servers (or with `target_session_attrs` other than `any`) is checked: connect, role (`pg_is_in_recovery()`), WAL position and replay lag.',
+    'How often each server of a database with several servers (or with `target_session_attrs` other than `any`, or `read_write_split`) is checked: connect, role (`pg_is_in_recovery()`), WAL position and replay lag.',
   ),
   row(
     'health.failure_threshold',
@@ -509,7 +509,7 @@ export const SETTINGS: readonly Setting[] = [
     z.string().min(1),
     undefined,
     true,
-    "Role the health checks log in as. Default: the database's `server_user`, else the user of the newest client login of that database (its credentials as the pool uses them).",
+    "Role the health checks log in as. Default: the database's `server_user` when `server_password` is set too, else the server user of the newest client login of that database (with the credentials its pool uses).",
   ),
   secret('health.password', 'Password of `health.user`.'),
   row(

@@ -78,14 +78,23 @@ export class HealthChecker {
 
   /** A set left the config: its probes close. */
   forget(set: HostSet): void {
-    for (const h of set.hosts) {
-      this.#probes.get(h)?.conn?.destroy();
-      this.#probes.delete(h);
-    }
+    for (const h of set.hosts) this.forgetHost(h);
   }
 
-  /** A pooled connect to the server failed: one failed check. */
+  /** A server left the config: its probe closes. */
+  forgetHost(h: Host): void {
+    this.#probes.get(h)?.conn?.destroy();
+    this.#probes.delete(h);
+    this.#replayAge.delete(h);
+  }
+
+  /**
+   * A pooled connect to the server failed: one failed check. The pool tells
+   * every client that waited at once; that one failure counts once.
+   */
   failed(h: Host, why: string): void {
+    const now = Date.now();
+    if (h.lastError === why && now - h.lastCheck < 100) return;
     this.#fail(h, why);
   }
 

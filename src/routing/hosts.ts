@@ -76,9 +76,10 @@ export class Host {
 }
 
 /** Why a server did not qualify, in libpq's words where libpq has them (the detail of the error a client gets). */
-function refusal(h: Host, attrs: TargetSessionAttrs): string {
+function refusal(h: Host, attrs: TargetSessionAttrs, need: Need): string {
   if (!h.up) return `${h.addr}: down (${h.lastError ?? 'health checks failed'})`;
   if (h.role === ROLE.Unknown) return `${h.addr}: role not known yet`;
+  if (need === NEED.Write && h.role === ROLE.Standby) return `${h.addr}: server is in hot standby mode`;
   switch (attrs) {
     case 'read-write':
       return h.role === ROLE.Standby ? `${h.addr}: server is in hot standby mode` : `${h.addr}: session is read-only`;
@@ -231,14 +232,15 @@ export class HostSet {
    */
   unsettled(need: Need): boolean {
     const lag = this.db.max_replica_lag;
-    for (const h of this.hosts) if (!h.checked || (h.up && h.failures > 0) || h.lagging(lag)) return true;
+    // A role not known yet becomes known once a check can log in (a client's login may bring the credentials).
+    for (const h of this.hosts) if (!h.checked || (h.up && (h.failures > 0 || h.role === ROLE.Unknown)) || h.lagging(lag)) return true;
     const attrs = this.db.target_session_attrs;
     const needsPrimary = need === NEED.Write || attrs === 'read-write' || attrs === 'primary';
     return needsPrimary && this.primary === null && this.hosts.some((h) => !h.up);
   }
 
   /** The error detail when nothing qualifies: each server and why not. */
-  refusals(): string {
-    return this.hosts.map((h) => refusal(h, this.db.target_session_attrs)).join('; ');
+  refusals(need: Need = NEED.Any): string {
+    return this.hosts.map((h) => refusal(h, this.db.target_session_attrs, need)).join('; ');
   }
 }

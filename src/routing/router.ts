@@ -190,7 +190,7 @@ export class PoolGroup {
         need === NEED.Write && attrs !== 'read-write' && attrs !== 'primary'
           ? `no primary of database "${this.hosts.database}" is up for a transaction that may write`
           : `no server of database "${this.hosts.database}" is usable for target_session_attrs=${attrs}`,
-      detail: this.hosts.refusals(),
+      detail: this.hosts.refusals(need),
     };
   }
 
@@ -278,7 +278,7 @@ export class Routing {
       const db = databaseEntry(this.#ctx, name);
       if (db === null) {
         this.#sets.delete(name);
-        this.checker.forget(set);
+        for (const h of set.hosts) this.#dropHost(h);
       } else if (db !== set.db) this.hostSet(name);
     }
   }
@@ -312,11 +312,18 @@ export class Routing {
       hosts.push(new Host(database, target));
     }
     if (old !== undefined) {
+      for (const h of old.hosts) if (!hosts.includes(h)) this.#dropHost(h);
       old.db = db;
       old.hosts = hosts;
       return old;
     }
     return new HostSet(database, db, hosts);
+  }
+
+  /** A server left the config: its pools retire (lent connections close when they come back) and its health probe closes. */
+  #dropHost(h: Host): void {
+    for (const p of this.poolsOf(h)) this.#ctx.pools.retire(p);
+    this.checker.forgetHost(h);
   }
 
   group(r: Route, secret: ServerSecret): PoolGroup {

@@ -293,6 +293,10 @@ test('a reload adds a database while a session stays connected, and ends session
     assert.equal(await port(keep), primary.port, 'the session on an unchanged database goes on');
     await waitUntil(() => goneError !== null, 5000, 'the removed database session ended');
     assert.equal((goneError as unknown as { code?: string }).code, '57P01');
+    // The removed database's pools are retired: not listed, nothing reopened.
+    const pools = (await psql(`host=127.0.0.1 port=${px.port} user=app dbname=postern`, 'SHOW POOLS')).stdout;
+    assert.doesNotMatch(pools, /^ro\|/m);
+    assert.match(pools, /^rw\|/m);
     const unknown = await psql(`host=127.0.0.1 port=${px.port} user=app dbname=ro`, 'select 1');
     assert.notEqual(unknown.code, 0);
     assert.match(unknown.stderr, /database "ro" does not exist/);
@@ -301,6 +305,8 @@ test('a reload adds a database while a session stays connected, and ends session
     await gone.end().catch(() => {});
     writeFileSync(file, JSON.stringify(raw));
     assert.deepEqual(px.postern.reload(file), []);
+    // The re-added database's servers are new to the checks: wait for their roles.
+    await waitUntil(async () => (await showHosts()).filter((h) => h.role !== 'unknown' && h.state === 'up').length === 9, 15_000, 'roles again');
   }
 });
 
