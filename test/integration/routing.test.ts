@@ -306,7 +306,11 @@ test('a reload adds a database while a session stays connected, and ends session
     writeFileSync(file, JSON.stringify(raw));
     assert.deepEqual(px.postern.reload(file), []);
     // The re-added database's servers are new to the checks: wait for their roles.
-    await waitUntil(async () => (await showHosts()).filter((h) => h.role !== 'unknown' && h.state === 'up').length === 9, 15_000, 'roles again');
+    await waitUntil(
+      async () => (await showHosts()).filter((h) => h.role !== 'unknown' && h.state === 'up').length === 9,
+      15_000,
+      'roles again',
+    );
   }
 });
 
