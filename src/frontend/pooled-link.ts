@@ -868,7 +868,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #toServer(buf: Buffer, start: number, end: number): void {
     const server = this.#server;
     if (server === null) return;
-    if (!server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end))) this.#shell.pauseClient();
+    if (!server.writeRange(buf, start, end)) this.#shell.pauseClient();
   }
 
   #toClient(buf: Buffer, start: number, end: number): void {
