@@ -706,7 +706,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #answerLocally(chunk: Buffer): boolean {
     const rw = this.#rw;
     if (rw === null || chunk[0] !== FE.Parse) return false;
-    // Whole frames only: Parses, then exactly one Sync at the end.
+    // Whole frames only: Parses, then exactly one Sync at the end (headers
+    // first: a driver's Parse, Bind, Execute, Sync is told apart without its text).
     let off = 0;
     let parses = 0;
     while (off + 5 <= chunk.length) {
@@ -719,12 +720,17 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
         break;
       }
       if (type !== FE.Parse) return false;
-      const text = parseText(chunk, off, next);
-      if (text === null || sessionEffects(text).pin !== null || mayBeDdl(text)) return false;
       parses++;
       off = next;
     }
     if (off + 5 !== chunk.length) return false;
+    off = 0;
+    for (let i = 0; i < parses; i++) {
+      const next = off + 1 + chunk.readInt32BE(off + 1);
+      const text = parseText(chunk, off, next);
+      if (text === null || sessionEffects(text).pin !== null || mayBeDdl(text)) return false;
+      off = next;
+    }
     // Each Parse must be known; mapped one by one, undone when one is not.
     const taken: string[] = [];
     off = 0;
