@@ -144,8 +144,11 @@ export class Pool {
     conn.listedIn = null;
     switch (was) {
       case SV.Idle: {
-        const i = this.#idle.lastIndexOf(conn);
-        if (i >= 0) this.#idle.splice(i, 1);
+        // Lent LIFO: usually the last one.
+        const idle = this.#idle;
+        const i = idle.lastIndexOf(conn);
+        if (i === idle.length - 1) idle.pop();
+        else if (i >= 0) idle.splice(i, 1);
         return;
       }
       case SV.Active:

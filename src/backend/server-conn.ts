@@ -479,19 +479,22 @@ export class ServerConn implements FrameSink {
     return this.#batch?.write(buf) ?? false;
   }
 
+  /** write() of buf[start, end) (joined to the run without a view of its own while corked). */
+  writeRange(buf: Buffer, start: number, end: number): boolean {
+    return this.#batch?.writeRange(buf, start, end) ?? false;
+  }
+
   pause(): void {
     this.#socket?.pause();
   }
 
-  /** Batch the writes until uncork() into one (see net.Socket cork); frames of one chunk are joined back into runs. */
+  /** Batch the writes until uncork() into one write (coalesce.ts: the socket is corked only when they are more than one run); frames of one chunk are joined back into runs. */
   cork(): void {
-    this.#socket?.cork();
     this.#batch?.begin();
   }
 
   uncork(): void {
     this.#batch?.end();
-    this.#socket?.uncork();
   }
 
   /** Reads again after pause(); a no-op when not paused (resume() on a flowing socket still schedules work). */

@@ -856,7 +856,8 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #answerLocally(chunk: Buffer): boolean {
     const rw = this.#rw;
     if (rw === null || chunk[0] !== FE.Parse) return false;
-    // Whole frames only: Parses, then exactly one Sync at the end.
+    // Whole frames only: Parses, then exactly one Sync at the end (headers
+    // first: a driver's Parse, Bind, Execute, Sync is told apart without its text).
     let off = 0;
     let parses = 0;
     while (off + 5 <= chunk.length) {
@@ -869,12 +870,17 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
         break;
       }
       if (type !== FE.Parse) return false;
-      const text = parseText(chunk, off, next);
-      if (text === null || sessionEffects(text).pin !== null || mayBeDdl(text)) return false;
       parses++;
       off = next;
     }
     if (off + 5 !== chunk.length) return false;
+    off = 0;
+    for (let i = 0; i < parses; i++) {
+      const next = off + 1 + chunk.readInt32BE(off + 1);
+      const text = parseText(chunk, off, next);
+      if (text === null || sessionEffects(text).pin !== null || mayBeDdl(text)) return false;
+      off = next;
+    }
     // Each Parse must be known; mapped one by one, undone when one is not.
     const taken: string[] = [];
     off = 0;
@@ -1018,7 +1024,7 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
   #toServer(buf: Buffer, start: number, end: number): void {
     const server = this.#server;
     if (server === null) return;
-    if (!server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end))) this.#shell.pauseClient();
+    if (!server.writeRange(buf, start, end)) this.#shell.pauseClient();
   }
 
   #toClient(buf: Buffer, start: number, end: number): void {

@@ -240,7 +240,7 @@ export class RelayLink implements ServerLink {
   #toServer(buf: Buffer, start: number, end: number): void {
     const server = this.#server;
     if (server === null) return;
-    if (!server.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end))) this.#host.pauseClient();
+    if (!server.writeRange(buf, start, end)) this.#host.pauseClient();
   }
 
   #toClient(buf: Buffer, start: number, end: number): void {

@@ -488,29 +488,22 @@ export class ClientSession implements SessionHandle {
   #toClient(buf: Buffer, start: number, end: number): boolean {
     this.bytesOut += end - start;
     if (this.#traffic !== null) this.#traffic.sent += end - start;
-    return this.#out.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
+    return this.#out.writeRange(buf, start, end);
   }
 
-  /** Around one server chunk: cork the client so what it makes Postern send leaves in one write; at the end, true when the socket still holds views of the chunk. */
+  /** Around one server chunk: what it makes Postern send to the client leaves in one write; at the end, true when the socket still holds views of the chunk. */
   #clientChunk(start: boolean): boolean {
-    const client = this.#client;
     if (start) {
-      client.cork();
       this.#out.begin();
       return false;
     }
     this.#out.end();
-    client.uncork();
-    return client.writableLength > 0;
+    return this.#client.writableLength > 0;
   }
 
   /** Mid-chunk: what is batched for the client leaves now (its answer is complete), and batching goes on. */
   #flushClient(): void {
-    if (!this.#out.open) return;
-    this.#out.end();
-    this.#client.uncork();
-    this.#client.cork();
-    this.#out.begin();
+    this.#out.flush();
   }
 
   /** The client's frames, to whichever room reads them now. */

@@ -562,12 +562,23 @@ describe('WriteBatch: frames of one chunk written back as runs', () => {
     readonly writes: Buffer[] = [];
     writableNeedDrain = false;
     readonly hwm: number;
+    /** cork() depth now, and the writes made while corked (what one writev would carry). */
+    corked = 0;
+    corkedWrites = 0;
     constructor(hwm = Number.POSITIVE_INFINITY) {
       this.hwm = hwm;
     }
     write(buf: Buffer): boolean {
       this.writes.push(Buffer.from(buf));
+      if (this.corked > 0) this.corkedWrites++;
       return this.writes.reduce((n, b) => n + b.length, 0) < this.hwm;
+    }
+    cork(): void {
+      this.corked++;
+    }
+    uncork(): void {
+      assert.ok(this.corked > 0, 'uncork without cork');
+      this.corked--;
     }
   }
 
@@ -603,9 +614,39 @@ describe('WriteBatch: frames of one chunk written back as runs', () => {
         at = end;
       }
       batch.end();
+      assert.equal(sink.corked, 0, 'the sink is uncorked when the batch ends');
+      assert.equal(sink.corkedWrites, sink.writes.length === 1 ? 0 : sink.writes.length, 'several writes of one batch are corked into one');
       assert.deepEqual(Buffer.concat(sink.writes), Buffer.concat(expected));
       assert.ok(sink.writes.length <= 2 * breaks + 1, `${sink.writes.length} writes for ${breaks} breaks`);
     }
+  });
+
+  it('ranges join without views of their own; one run is one plain write, flush() sends it mid-batch', () => {
+    const sink = new Sink();
+    const batch = new WriteBatch(sink);
+    const chunk = Buffer.from('0123456789');
+    batch.begin();
+    batch.writeRange(chunk, 0, 3);
+    batch.writeRange(chunk, 3, 5);
+    batch.write(chunk.subarray(5, 7));
+    batch.flush();
+    assert.deepEqual(
+      sink.writes.map((w) => w.toString()),
+      ['0123456'],
+    );
+    assert.equal(sink.corked, 0, 'a single run needs no cork');
+    batch.writeRange(chunk, 7, 8);
+    batch.writeRange(chunk, 9, 10);
+    assert.equal(batch.open, true);
+    batch.end();
+    assert.deepEqual(
+      sink.writes.map((w) => w.toString()),
+      ['0123456', '7', '9'],
+    );
+    assert.equal(sink.corkedWrites, 2);
+    assert.equal(sink.corked, 0);
+    batch.writeRange(chunk, 2, 4);
+    assert.equal(sink.writes.at(-1)?.toString(), '23', 'outside a batch a range is written at once');
   });
 
   it('writes go straight through outside a batch, and a dropped batch writes nothing more', () => {
