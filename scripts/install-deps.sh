@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools Postern's demo, tests and benchmark drive, when
 # missing: PostgreSQL server and client, openssl, pgbouncer (benchmark), a JRE
-# with the PostgreSQL JDBC driver (driver tests). Debian/Ubuntu, as root or
+# with the PostgreSQL JDBC driver (driver tests), chromium (the dashboard's
+# browser tests). Debian/Ubuntu, as root or
 # with passwordless sudo. Cheap to rerun when everything is present.
 # Used by the README's first command and by .ci/run.
 set -euo pipefail
@@ -33,6 +34,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 [ -e /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+# The dashboard's browser tests (test/browser) drive Debian's chromium through playwright-core.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "all present"

@@ -4,7 +4,9 @@
 
 import net from 'node:net';
 import { AdminConsole } from './admin/console.ts';
+import { Dashboard, dashboardHostOf } from './admin/dashboard.ts';
 import { adminExecutor } from './admin/executor.ts';
+import { HistorySampler } from './admin/sampler.ts';
 import { collect, snapshotOf } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
 import { loadConfigFile } from './config/load.ts';
@@ -47,6 +49,8 @@ export class Postern {
   #configFile: string | undefined;
   #adminHttp: boolean;
   #http: AdminHttp | null = null;
+  /** The dashboard's once-a-second history points (every process keeps its own; the primary merges them). */
+  readonly #sampler: HistorySampler;
   /** Bound port of the admin HTTP listener (admin.listen); null when there is none. */
   adminPort: number | null = null;
   #stopped!: () => void;
@@ -83,6 +87,8 @@ export class Postern {
     };
     if (config.audit.file !== undefined) this.ctx.audit = new AuditLog(config.audit.file, config.audit.statements);
     this.ctx.stats.onStatement(this.#onStatement);
+    this.ctx.stats.history.resize(config.admin.history / 1000);
+    this.#sampler = new HistorySampler(this.ctx);
     this.#janitor = setInterval(() => {
       const now = Date.now();
       this.ctx.pools.tick(now);
@@ -135,6 +141,7 @@ export class Postern {
     this.#applyStats(cfg);
     await this.#applyRouting(cfg);
     routingOf(this.ctx).checker.start();
+    this.#sampler.start();
     if (cfg.admin.listen !== undefined && this.#adminHttp) {
       const { http, port } = await AdminHttp.start(
         cfg.admin.listen,
@@ -142,6 +149,7 @@ export class Postern {
         () => this.#listener?.listening === true && !this.ctx.shuttingDown,
         () => this.ctx.config.databases,
         this.log,
+        { tls: cfg.admin.tls, dashboard: cfg.admin.dashboard ? new Dashboard(dashboardHostOf(this.ctx), this.log) : null },
       );
       this.#http = http;
       this.adminPort = port;
@@ -214,6 +222,7 @@ export class Postern {
     const a = config.auth;
     this.ctx.throttle.configure({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
     this.log.level = config.log.level;
+    this.ctx.stats.history.resize(config.admin.history / 1000);
     if (this.ctx.stats.normalizer === null && (config.stats.queries || config.log.queries || config.audit.statements)) {
       // Turned on at run time: statistics start once the parser has loaded.
       loadNormalizer().then(
@@ -275,6 +284,7 @@ export class Postern {
     }
     for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
     clearInterval(this.#janitor);
+    this.#sampler.stop();
     routingOf(this.ctx).checker.stop();
     this.ctx.pools.closeAll();
     await this.#http?.close();

@@ -201,7 +201,8 @@ function show(kind: string, v: unknown, asWritten = false): string {
   return String(v);
 }
 
-function percentile(row: Snapshot['shapes'][number], q: number): number {
+/** A query shape's latency quantile, as SHOW QUERIES reports it (the dashboard shows the same). */
+export function percentile(row: Snapshot['shapes'][number], q: number): number {
   const h = Histogram.restore(SHAPE_BOUNDS_US, row.hist, row.total_us, row.min_us, row.max_us);
   return Math.round(h.quantile(q));
 }

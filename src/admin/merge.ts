@@ -2,8 +2,10 @@
 // the admin console and /metrics show the instance as a whole: pools of the
 // same (database, user) add up, clients and servers are listed side by side
 // (their ids are unique over all workers), traffic and query shapes add up
-// per key, histograms bucket by bucket.
+// per key, histograms bucket by bucket; the dashboard's history adds up
+// second by second and its events interleave by time.
 
+import { mergeEvents, mergeSeries } from '../stats/history.ts';
 import type { Averages, HistData, HostRow, PoolRow, ShapeRow, Snapshot, TrafficRow } from './snapshot.ts';
 
 function addHist(a: HistData, b: HistData): HistData {
@@ -83,6 +85,11 @@ export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
     disabled: [],
     memory: { rss: 0, heapUsed: 0 },
     hosts: [],
+    series: mergeSeries(snaps.map((s) => s.series)),
+    events: mergeEvents(
+      snaps.map((s) => s.events),
+      Math.max(...snaps.map((s) => s.events.length), 200),
+    ),
   };
   const hosts = new Map<string, HostRow>();
   for (const s of snaps) {

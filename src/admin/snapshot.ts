@@ -10,6 +10,7 @@ import type { PoolMode } from '../config/schema.ts';
 import type { Context } from '../context.ts';
 import { routingOf } from '../routing/router.ts';
 import type { Histogram } from '../stats/histogram.ts';
+import type { EventRow, SeriesData } from '../stats/history.ts';
 import type { Totals } from '../stats/registry.ts';
 
 /** One histogram as plain data: Prometheus-style cumulative counts per bound, plus count and sum. */
@@ -124,6 +125,10 @@ export interface Snapshot {
   memory: { rss: number; heapUsed: number };
   /** The servers of every database as the health checks see them (SHOW HOSTS). */
   hosts: HostRow[];
+  /** The dashboard's per-second history (admin.history), oldest first. */
+  series: SeriesData;
+  /** Recent events (failed logins, throttling, protocol violations, server failures), oldest first. */
+  events: EventRow[];
 }
 
 /** One server of a database (SHOW HOSTS, postern_server_* metrics). */
@@ -325,6 +330,8 @@ export function collect(ctx: Context, worker = 0): Snapshot {
     disabled: ctx.pools.disabledNames(),
     memory: { rss: mem.rss, heapUsed: mem.heapUsed },
     hosts: hostRows(ctx, now),
+    series: ctx.stats.history.data(),
+    events: ctx.stats.events.rows(worker),
   };
 }
 

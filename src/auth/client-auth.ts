@@ -123,28 +123,8 @@ export class ClientAuthExchange {
     return this.#finalMessage;
   }
 
-  async #checkCleartext(given: string): Promise<AuthOutcome> {
-    const s = this.#o.secret;
-    if (s === null) {
-      // Same work as a real SCRAM check, so timing does not tell unknown users apart.
-      await deriveKeys(given, mockVerifier(this.#o.user).salt, 4096);
-      return { kind: 'fail', reason: 'unknown user' };
-    }
-    if (s.kind === 'password') {
-      const a = Buffer.from(given);
-      const b = Buffer.from(s.password);
-      const ok = a.length === b.length && timingSafeEqual(a, b);
-      return ok ? { kind: 'ok', mechanism: 'password', password: given } : { kind: 'fail', reason: 'wrong password' };
-    }
-    if (s.kind === 'md5') {
-      const a = Buffer.from(md5Verifier(this.#o.user, given));
-      const ok = a.length === s.hash.length && timingSafeEqual(a, Buffer.from(s.hash));
-      return ok ? { kind: 'ok', mechanism: 'password', password: given } : { kind: 'fail', reason: 'wrong password' };
-    }
-    const k = await deriveKeys(given, s.verifier.salt, s.verifier.iterations);
-    const stored = createHash('sha256').update(k.clientKey).digest();
-    const ok = timingSafeEqual(stored, s.verifier.storedKey) && timingSafeEqual(k.serverKey, s.verifier.serverKey);
-    return ok ? { kind: 'ok', mechanism: 'password', password: given, scramKeys: k } : { kind: 'fail', reason: 'wrong password' };
+  #checkCleartext(given: string): Promise<AuthOutcome> {
+    return checkCleartextPassword(this.#o.user, this.#o.secret, given);
   }
 
   #checkMd5(given: string): AuthOutcome {
@@ -156,4 +136,35 @@ export class ClientAuthExchange {
     else return { kind: 'fail', reason: 'unknown user' };
     return md5Check(stored, this.#o.user, salt, given) ? { kind: 'ok', mechanism: 'md5' } : { kind: 'fail', reason: 'wrong password' };
   }
+}
+
+/**
+ * A cleartext password checked against a stored secret, whatever its kind: a
+ * plaintext password or an MD5 hash compared in constant time, a SCRAM
+ * verifier by deriving the keys from the password with its salt and
+ * iterations. An unknown user (null) costs the same key derivation. Also the
+ * dashboard's HTTP basic auth (admin/dashboard.ts).
+ */
+export async function checkCleartextPassword(user: string, secret: StoredSecret | null, given: string): Promise<AuthOutcome> {
+  const s = secret;
+  if (s === null) {
+    // Same work as a real SCRAM check, so timing does not tell unknown users apart.
+    await deriveKeys(given, mockVerifier(user).salt, 4096);
+    return { kind: 'fail', reason: 'unknown user' };
+  }
+  if (s.kind === 'password') {
+    const a = Buffer.from(given);
+    const b = Buffer.from(s.password);
+    const ok = a.length === b.length && timingSafeEqual(a, b);
+    return ok ? { kind: 'ok', mechanism: 'password', password: given } : { kind: 'fail', reason: 'wrong password' };
+  }
+  if (s.kind === 'md5') {
+    const a = Buffer.from(md5Verifier(user, given));
+    const ok = a.length === s.hash.length && timingSafeEqual(a, Buffer.from(s.hash));
+    return ok ? { kind: 'ok', mechanism: 'password', password: given } : { kind: 'fail', reason: 'wrong password' };
+  }
+  const k = await deriveKeys(given, s.verifier.salt, s.verifier.iterations);
+  const stored = createHash('sha256').update(k.clientKey).digest();
+  const ok = timingSafeEqual(stored, s.verifier.storedKey) && timingSafeEqual(k.serverKey, s.verifier.serverKey);
+  return ok ? { kind: 'ok', mechanism: 'password', password: given, scramKeys: k } : { kind: 'fail', reason: 'wrong password' };
 }

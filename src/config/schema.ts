@@ -487,6 +487,39 @@ export const SETTINGS: readonly Setting[] = [
     'Users allowed into the admin console for `SHOW` commands only, like PgBouncer `stats_users`.',
   ),
   row(
+    'admin.tls.cert',
+    'path',
+    path,
+    undefined,
+    false,
+    'Certificate (PEM, chain allowed) of the admin HTTP listener: with `admin.tls.key` set, `admin.listen` serves HTTPS (dashboard, `/metrics`, `/healthz`, `/readyz`). Unset: plain HTTP, for a loopback or otherwise private address.',
+  ),
+  row('admin.tls.key', 'path', path, undefined, false, 'Private key (PEM) of `admin.tls.cert`.'),
+  row(
+    'admin.dashboard',
+    'bool',
+    z.boolean(),
+    true,
+    false,
+    'Serve the live web dashboard at `/` on `admin.listen` (docs/dashboard.md). Users of `admin.users` or `admin.stats_users` log in with HTTP basic auth against the same secrets clients authenticate with; only `admin.users` get actions.',
+  ),
+  row(
+    'admin.history',
+    'duration',
+    duration,
+    '15min',
+    true,
+    'How much per-second history the dashboard keeps in memory (ring buffers, one point a second per series, in every worker process).',
+  ),
+  row(
+    'admin.max_streams',
+    'int',
+    z.number().int().min(1).max(1000),
+    16,
+    true,
+    'Live dashboard connections (Server-Sent Events streams) served at once; one more is refused with 503.',
+  ),
+  row(
     'health.check_interval',
     'duration',
     duration,
@@ -675,7 +708,15 @@ export interface Config {
   limits: { max_message_size: number; client_login_timeout: number; server_connect_timeout: number; shutdown_timeout: number };
   workers: number | 'auto';
   log: { level: (typeof LOG_LEVELS)[number]; queries: boolean };
-  admin: { listen?: string; users: string[]; stats_users: string[] };
+  admin: {
+    listen?: string;
+    users: string[];
+    stats_users: string[];
+    tls: { cert?: string; key?: string };
+    dashboard: boolean;
+    history: number;
+    max_streams: number;
+  };
   stats: { queries: boolean; max_queries: number };
   health: { check_interval: number; failure_threshold: number; timeout: number; user?: string; password?: string };
   routing: { read_only_functions: string[] };

@@ -124,6 +124,7 @@ export class Handshake {
       // Postgres logs this and closes without a reply: the peer may not speak the protocol at all.
       const reason = n === BAD_LENGTH ? 'bad_length' : 'too_large';
       this.#ctx.count(this.#ctx.stats.violations, `client/startup_${reason}`);
+      this.#ctx.stats.events.add('violation', { kind: `client/startup_${reason}` });
       this.#host.log.info({ reason }, 'invalid length of startup packet');
       this.stop();
       this.#host.destroy();

@@ -13,8 +13,7 @@ import type tls from 'node:tls';
 import { type AuthOutcome, ClientAuthExchange, type PasswordMethod } from '../auth/client-auth.ts';
 import { type HbaMatchInput, type HbaRule, matchHba, noMatchMessage, rejectMessage } from '../auth/hba.ts';
 import { certAllows } from '../auth/ident.ts';
-import { classifySecret, type StoredSecret } from '../auth/secrets.ts';
-import { ServerConn, type ServerSecret } from '../backend/server-conn.ts';
+import type { StoredSecret } from '../auth/secrets.ts';
 import { ADMIN_DATABASES } from '../config/load.ts';
 import type { Context } from '../context.ts';
 import type { Logger } from '../observability/log.ts';
@@ -22,7 +21,8 @@ import { encodeNegotiateProtocolVersion } from '../protocol/backend.ts';
 import { FE, LATEST_MINOR } from '../protocol/codes.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation } from '../protocol/violation.ts';
-import { databaseEntry, type LoginCredentials, routingOf } from '../routing/router.ts';
+import { LOOKUP_FAILED, lookupSecret } from '../routing/lookup.ts';
+import { databaseEntry, type LoginCredentials } from '../routing/router.ts';
 import type { Startup } from './handshake.ts';
 
 export type LoginResult =
@@ -47,8 +47,6 @@ export interface LoginHost {
 }
 
 const PASSWORD_METHODS: ReadonlySet<string> = new Set(['scram-sha-256', 'scram-sha-256-plus', 'md5', 'password']);
-/** A failed auth_query lookup (server down, lookup role refused): not the same as an unknown user. */
-const LOOKUP_FAILED = Symbol('lookup failed');
 
 export class Login {
   readonly #host: LoginHost;
@@ -194,6 +192,7 @@ export class Login {
       this.#ctx.throttle.throttledTotal++;
       this.#ctx.count(this.#ctx.stats.loginFailures, 'throttled');
       this.#host.log.info({ addr }, 'login throttled after repeated failures');
+      this.#ctx.stats.events.add('throttled', { addr, user: this.#s.user });
       await new Promise((r) => setTimeout(r, this.#ctx.throttle.delayMs).unref());
       this.#host.fatal(SQLSTATE.InvalidAuthorizationSpecification, 'too many failed login attempts from this address; try again later');
       return;
@@ -271,48 +270,8 @@ export class Login {
   }
 
   /** The user's stored secret: users file first, then auth_query (cached). null: unknown user; LOOKUP_FAILED: the lookup itself failed. */
-  async #lookupSecret(): Promise<StoredSecret | null | typeof LOOKUP_FAILED> {
-    const user = this.#s.user;
-    const fromFile = this.#ctx.auth.users.get(user);
-    if (fromFile !== undefined) return fromFile;
-    const a = this.#ctx.config.auth;
-    if (a.query_user === undefined) return null;
-    const key = `${user}@${this.#s.database}`;
-    const cached = this.#ctx.lookupCache.get(key);
-    if (cached !== undefined && cached.expires > Date.now()) return cached.secret;
-    const dbName = a.query_database ?? this.#s.database;
-    const target = routingOf(this.#ctx).targetFor(dbName);
-    if (target === null) return null;
-    const conn = new ServerConn(target, a.query_user, this.#host.log);
-    try {
-      const secret: ServerSecret = a.query_password !== undefined ? { password: a.query_password } : {};
-      // DateStyle ISO: valid_until must parse whatever the role's or database's DateStyle is.
-      await conn.login(
-        secret,
-        [
-          ['application_name', 'postern auth_query'],
-          ['DateStyle', 'ISO'],
-        ],
-        this.#ctx.config.limits.max_message_size,
-      );
-      const rows = await conn.query(a.query, [user]);
-      const row = rows[0];
-      let found: StoredSecret | null = null;
-      if (row !== undefined && typeof row[1] === 'string') {
-        const validUntil = row[2] ?? null;
-        // rolvaliduntil in the past: the password has expired; Postgres refuses the login.
-        // Fails closed: '-infinity' and anything unparsable count as expired.
-        const expired = validUntil !== null && validUntil !== 'infinity' && !(Date.parse(validUntil) >= Date.now());
-        found = expired ? null : classifySecret(row[1]);
-      }
-      this.#ctx.lookupCache.set(key, { secret: found, expires: Date.now() + a.cache_ttl });
-      return found;
-    } catch (e) {
-      this.#host.log.warn({ err: (e as Error).message, database: dbName }, 'auth_query failed');
-      return LOOKUP_FAILED;
-    } finally {
-      conn.close();
-    }
+  #lookupSecret(): Promise<StoredSecret | null | typeof LOOKUP_FAILED> {
+    return lookupSecret(this.#ctx, this.#s.user, this.#s.database, this.#host.log);
   }
 
   /** A client frame during login: only password messages (and Terminate, which the session handles) are legal. */
@@ -381,6 +340,12 @@ export class Login {
 
   #failed(reason: string, method: string): void {
     this.#host.outcome(false, reason);
+    this.#ctx.stats.events.add('login_failed', {
+      user: this.#s.user,
+      database: this.#s.database,
+      addr: this.#s.socket.remoteAddress ?? '',
+      reason,
+    });
     this.#ctx.count(this.#ctx.stats.logins, `${method}/fail`);
     this.#ctx.count(this.#ctx.stats.loginFailures, reason);
   }

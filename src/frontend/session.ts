@@ -340,7 +340,7 @@ export class ClientSession implements SessionHandle {
       close: () => this.#close(),
       internalError: (e) => this.#internalError(e),
       countError: (code) => this.#countError(code),
-      countViolation: (who, kind) => this.#ctx.count(this.#ctx.stats.violations, `${who}/${kind}`),
+      countViolation: (who, kind) => this.#countViolation(`${who}/${kind}`),
     };
   }
 
@@ -371,7 +371,7 @@ export class ClientSession implements SessionHandle {
       observeServer: (type, buf, start, end) => this.#statements.server(type, buf, start, end),
       watch: (ledger) => this.#statements.watch(ledger),
       countError: (code) => this.#countError(code),
-      countViolation: (who, kind) => this.#ctx.count(this.#ctx.stats.violations, `${who}/${kind}`),
+      countViolation: (who, kind) => this.#countViolation(`${who}/${kind}`),
     };
   }
 
@@ -547,8 +547,14 @@ export class ClientSession implements SessionHandle {
     this.#ctx.count(this.#ctx.stats.errors, (code ?? 'XX000').slice(0, 2));
   }
 
+  /** A protocol violation (client or server side): counted, and listed among the dashboard's recent events. */
+  #countViolation(key: string): void {
+    this.#ctx.count(this.#ctx.stats.violations, key);
+    this.#ctx.stats.events.add('violation', { kind: key, addr: this.#raw.remoteAddress ?? '', database: this.database, user: this.user });
+  }
+
   #clientViolation(kind: ViolationKind, detail: string): void {
-    this.#ctx.count(this.#ctx.stats.violations, `client/${kind}`);
+    this.#countViolation(`client/${kind}`);
     this.#linkedLog().info({ kind, detail }, 'protocol violation by client');
     this.#fatal(
       SQLSTATE.ProtocolViolation,

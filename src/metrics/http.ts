@@ -1,11 +1,16 @@
 // The admin HTTP listener (admin.listen): /metrics (Prometheus text format),
-// /healthz (the process is up) and /readyz (the client listener is open and
-// at least one configured server accepts TCP connections). Separate from the
-// client port so it can be firewalled apart; it serves nothing else and never
-// shows a setting's value.
+// /healthz (the process is up), /readyz (the client listener is open and at
+// least one configured server accepts TCP connections) and, with
+// admin.dashboard, the live web dashboard at / with its /api/* endpoints
+// (admin/dashboard.ts; those need HTTP basic auth). Separate from the client
+// port so it can be firewalled apart; HTTPS when admin.tls.cert/key are set.
+// It never shows a setting's value or a secret.
 
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
+import type { Dashboard } from '../admin/dashboard.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
 import type { DatabaseConfig } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
@@ -37,29 +42,50 @@ function reachable(host: string, port: number): Promise<boolean> {
   });
 }
 
+export interface AdminHttpOptions {
+  /** admin.tls: serve HTTPS. */
+  tls?: { cert?: string; key?: string };
+  /** The web dashboard at / (admin.dashboard). */
+  dashboard?: Dashboard | null;
+}
+
 export class AdminHttp {
-  readonly #server: http.Server;
+  readonly #server: http.Server | https.Server;
   readonly #metrics: MetricsRegistry;
   readonly #probe: ReadinessProbe;
   readonly #log: Logger;
   #ready: { at: number; body: { ready: boolean; listening: boolean; servers: Record<string, boolean> } } | null = null;
 
-  constructor(metrics: MetricsRegistry, probe: ReadinessProbe, log: Logger) {
+  readonly #dashboard: Dashboard | null;
+
+  constructor(metrics: MetricsRegistry, probe: ReadinessProbe, log: Logger, opts: AdminHttpOptions = {}) {
     this.#metrics = metrics;
     this.#probe = probe;
     this.#log = log;
-    this.#server = http.createServer((req, res) => {
+    this.#dashboard = opts.dashboard ?? null;
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       this.#handle(req, res).catch((e: Error) => {
         this.#log.error({ err: e.message }, 'admin http request failed');
         if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
         res.end('internal error\n');
       });
-    });
+    };
+    const tls = opts.tls;
+    this.#server =
+      tls?.cert !== undefined && tls.key !== undefined
+        ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
+        : http.createServer(handler);
     this.#server.keepAliveTimeout = 5000;
   }
 
+  /** The dashboard's live streams now open (tests, docs). */
+  get dashboardStreams(): number {
+    return this.#dashboard?.streams ?? 0;
+  }
+
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    if (this.#dashboard !== null && (await this.#dashboard.handle(req, res, path))) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' });
       res.end('method not allowed\n');
@@ -84,7 +110,7 @@ export class AdminHttp {
       }
       default:
         res.writeHead(404, { 'content-type': 'text/plain' });
-        res.end('not found: try /metrics, /healthz or /readyz\n');
+        res.end(`not found: try ${this.#dashboard !== null ? '/ (dashboard), ' : ''}/metrics, /healthz or /readyz\n`);
     }
   }
 
@@ -127,6 +153,7 @@ export class AdminHttp {
     listening: () => boolean,
     databases: () => Record<string, DatabaseConfig>,
     log: Logger,
+    opts: AdminHttpOptions = {},
   ): Promise<{ http: AdminHttp; port: number }> {
     // Every server of every database; a database with several is listed as name@host:port.
     const servers = (): Array<{ name: string; host: string; port: number }> =>
@@ -135,13 +162,20 @@ export class AdminHttp {
           ? [{ name, host: d.host, port: d.port }]
           : d.servers.map((s) => ({ name: d.servers?.length === 1 ? name : `${name}@${s.host}:${s.port}`, host: s.host, port: s.port })),
       );
-    const http = new AdminHttp(new MetricsRegistry(snapshot), { listening, servers }, log);
+    const http = new AdminHttp(new MetricsRegistry(snapshot), { listening, servers }, log, opts);
     const port = await http.listen(hostPort);
-    log.info({ listen: hostPort, port }, 'admin http listening');
+    const scheme = opts.tls?.cert !== undefined ? 'https' : 'http';
+    log.info({ listen: hostPort, port, scheme, dashboard: opts.dashboard != null }, 'admin http listening');
+    if (scheme === 'http' && !/^(127\.|localhost:|\[::1\]:)/.test(hostPort))
+      log.warn(
+        { listen: hostPort },
+        'admin.listen is not a loopback address and admin.tls is unset: dashboard passwords travel in clear text',
+      );
     return { http, port };
   }
 
   close(): Promise<void> {
+    this.#dashboard?.close();
     return new Promise((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();

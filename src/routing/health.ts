@@ -226,6 +226,7 @@ export class HealthChecker {
     if (!h.up || h.failures < this.#ctx.config.health.failure_threshold) return;
     h.up = false;
     this.#ctx.log.warn({ database: h.database, server: h.addr, failures: h.failures, err: why }, 'server marked down');
+    this.#ctx.stats.events.add('server_failure', { database: h.database, server: h.addr, failures: h.failures, error: why });
     for (const p of this.#routing.poolsOf(h)) p.closeIdle();
   }
 }

@@ -9,6 +9,7 @@
 // (setImmediate): normalizing and fingerprinting never delay forwarding.
 
 import { Histogram, METRIC_BOUNDS_US } from './histogram.ts';
+import { EventRing, History } from './history.ts';
 import type { Normalizer, ShapeId } from './normalize.ts';
 import { type Execution, QueryShapes, type ShapeEntry } from './shapes.ts';
 
@@ -128,6 +129,10 @@ export class Stats {
   readonly pins = new Map<string, number>();
   /** Query shapes; null while statistics are off or the normalizer is not loaded yet. */
   shapes: QueryShapes | null = null;
+  /** The dashboard's per-second history (admin.history seconds), sampled once a second off the data path. */
+  readonly history = new History(900);
+  /** Recent events for the dashboard: failed logins, throttling, protocol violations, server failures. */
+  readonly events = new EventRing(200);
   normalizer: Normalizer | null = null;
   #queue: Array<Execution & { client: number }> = [];
   #flushScheduled = false;
