@@ -191,7 +191,8 @@ describe('dashboard', () => {
           15_000,
           'the pools table shows SHOW POOLS',
         );
-        assert.equal(await tileValue(page, 'cl_active'), '2');
+        // The two held clients (pgbench's and the console's own short sessions leave within a tick or two).
+        await waitUntil(async () => (await tileValue(page, 'cl_active')) === '2', 10_000, 'the cl_active tile shows the two held clients');
         await waitUntil(
           async () => {
             const servers = (await show('SERVERS')).length;
