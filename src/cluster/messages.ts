@@ -8,6 +8,8 @@
 //                       res      {id, value}                      answer to an ask
 //   primary -> worker   ask      {id, op: 'snapshot'}             this worker's Snapshot
 //                       ask      {id, op: 'control', cmd, who}    run a control command here
+//                       ask      {id, op: 'dash-login', user, password, addr}   check a dashboard login here (role or null)
+//                       ask      {id, op: 'dash-exec', sql, user}  run a dashboard action through this worker's console
 //                       cancel   {pid, key}                       check the key against this worker's sessions
 //                       done     {id, value}                      answer to a req
 //                       reload                                   SIGHUP: re-read the config and auth files
@@ -24,6 +26,8 @@ export type WorkerToPrimary =
 export type PrimaryToWorker =
   | { t: 'ask'; id: number; op: 'snapshot' }
   | { t: 'ask'; id: number; op: 'control'; cmd: ControlCommand; who: string }
+  | { t: 'ask'; id: number; op: 'dash-login'; user: string; password: string; addr: string }
+  | { t: 'ask'; id: number; op: 'dash-exec'; sql: string; user: string }
   | { t: 'cancel'; pid: number; key: string }
   | { t: 'done'; id: number; value: unknown }
   | { t: 'reload' }

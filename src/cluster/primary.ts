@@ -8,6 +8,7 @@
 
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
+import { Dashboard, type DashboardHost } from '../admin/dashboard.ts';
 import { mergeSnapshots } from '../admin/merge.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
 import type { Config } from '../config/schema.ts';
@@ -17,6 +18,9 @@ import { ENV, isMessage, type PrimaryToWorker, type WorkerToPrimary } from './me
 
 /** How long the primary waits for a worker's answer before going on without it. */
 const ASK_TIMEOUT_MS = 10_000;
+
+/** Omit over each member of a union (an ask without its envelope). */
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 /** A worker that dies is replaced after this pause (a crash loop must not spin). */
 const RESPAWN_DELAY_MS = 1000;
 
@@ -80,11 +84,43 @@ export class Primary {
         () => !this.#stopping && this.#slots.every((s) => s.listening),
         () => this.#config.databases,
         this.log,
+        { tls: this.#config.admin.tls, dashboard: this.#config.admin.dashboard ? new Dashboard(this.#dashboardHost(), this.log) : null },
       );
       this.#http = http;
       this.adminPort = port;
     }
     this.log.info({ workers: this.#count }, 'all workers listening');
+  }
+
+  /**
+   * The dashboard as the primary serves it: the instance's merged snapshot;
+   * logins and actions run in one live worker (its secrets, throttle and
+   * console; an action such as PAUSE reaches every worker from there). The
+   * password crosses the local IPC channel only.
+   */
+  #dashboardHost(): DashboardHost {
+    const one = (): Worker => {
+      const w = this.#live()[0];
+      if (w === undefined) throw new Error('no worker is running');
+      return w;
+    };
+    return {
+      snapshot: () => this.snapshot(),
+      login: async (user, password, addr) => {
+        const role = await this.#ask(one(), { op: 'dash-login', user, password, addr }, ASK_TIMEOUT_MS + this.#config.auth.throttle_delay);
+        return role === 'admin' || role === 'stats' ? role : null;
+      },
+      execute: async (sql, user) => {
+        const out = (await this.#ask(one(), { op: 'dash-exec', sql, user }, null)) as
+          | { ok?: boolean; error?: string; sqlstate?: string | null }
+          | undefined;
+        if (out?.ok === true) return;
+        const err = new Error(out?.error ?? 'the worker running the action went away') as Error & { sqlstate?: string };
+        if (out?.sqlstate !== undefined && out.sqlstate !== null) err.sqlstate = out.sqlstate;
+        throw err;
+      },
+      maxStreams: () => this.#config.admin.max_streams,
+    };
   }
 
   #fork(slot: Slot): void {
@@ -134,7 +170,11 @@ export class Primary {
   }
 
   /** Asks one worker; resolves with its answer, or undefined when it died or timed out. */
-  #ask(worker: Worker, m: { op: 'snapshot' } | { op: 'control'; cmd: unknown; who: string }, timeoutMs: number | null): Promise<unknown> {
+  #ask(
+    worker: Worker,
+    m: DistributiveOmit<Extract<PrimaryToWorker, { t: 'ask' }>, 't' | 'id'>,
+    timeoutMs: number | null,
+  ): Promise<unknown> {
     const id = this.#nextAsk++;
     return new Promise((resolve) => {
       let timer: NodeJS.Timeout | null = null;

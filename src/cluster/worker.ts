@@ -6,6 +6,7 @@
 
 import cluster from 'node:cluster';
 import { type ControlCommand, type ControlOutcome, runControl } from '../admin/control.ts';
+import { dashboardHostOf } from '../admin/dashboard.ts';
 import { mergeSnapshots } from '../admin/merge.ts';
 import { collect, type Snapshot } from '../admin/snapshot.ts';
 import { setServerIdSpace } from '../backend/server-conn.ts';
@@ -59,6 +60,29 @@ class WorkerPeers implements Peers {
     return mergeSnapshots((await this.#request({ op: 'snapshots' })) as Snapshot[]);
   }
 
+  /** What the primary asked this worker for. */
+  async #answer(postern: Postern, m: Extract<PrimaryToWorker, { t: 'ask' }>): Promise<unknown> {
+    switch (m.op) {
+      case 'snapshot':
+        return collect(postern.ctx, this.index);
+      case 'control':
+        return runControl(postern.ctx, m.cmd, m.who);
+      case 'dash-login':
+        // The dashboard is served by the primary; this worker's secrets and throttle check its logins.
+        return dashboardHostOf(postern.ctx).login(m.user, m.password, m.addr);
+      case 'dash-exec':
+        try {
+          await dashboardHostOf(postern.ctx).execute(m.sql, m.user);
+          return { ok: true };
+        } catch (e) {
+          const err = e as Error & { sqlstate?: string };
+          return { error: err.message, sqlstate: err.sqlstate ?? null };
+        }
+      default:
+        return m satisfies never;
+    }
+  }
+
   async onMessage(m: PrimaryToWorker): Promise<void> {
     const postern = this.#postern;
     switch (m.t) {
@@ -70,8 +94,7 @@ class WorkerPeers implements Peers {
       }
       case 'ask': {
         if (postern === null) return;
-        const value = m.op === 'snapshot' ? collect(postern.ctx, this.index) : await runControl(postern.ctx, m.cmd, m.who);
-        this.#send({ t: 'res', id: m.id, value });
+        this.#send({ t: 'res', id: m.id, value: await this.#answer(postern, m) });
         return;
       }
       case 'cancel':

@@ -144,6 +144,42 @@ test('SHOW CLIENTS lists the clients of both workers; ids are unique', async () 
   }
 });
 
+test('the dashboard on the primary shows both workers; logins and actions run in a worker', async () => {
+  const base = `http://127.0.0.1:${adminPort}/`;
+  const basic = (u: string, p: string) => `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}`;
+  assert.equal((await fetch(base, { headers: { authorization: basic('admin', 'wrong') } })).status, 401);
+  const page = await fetch(base, { headers: { authorization: basic('admin', PW.admin) } });
+  assert.equal(page.status, 200);
+  assert.match(page.headers.get('content-type') ?? '', /text\/html/);
+  const clients = [client(), client(), client(), client()];
+  await Promise.all(clients.map((c) => c.connect()));
+  try {
+    const state = (await (await fetch(`${base}api/state`, { headers: { authorization: basic('admin', PW.admin) } })).json()) as {
+      clients: Array<{ database: string; worker: number }>;
+    };
+    const mine = state.clients.filter((c) => c.database === 'appdb');
+    assert.equal(mine.length, 4);
+    assert.deepEqual([...new Set(mine.map((c) => c.worker))].sort(), [0, 1]);
+    const act = (verb: string) =>
+      fetch(`${base}api/action`, {
+        method: 'POST',
+        headers: { authorization: basic('admin', PW.admin), 'content-type': 'application/json', 'x-postern-action': '1' },
+        body: JSON.stringify({ verb, database: 'appdb' }),
+      });
+    const paused = await act('PAUSE');
+    assert.equal(paused.status, 200, await paused.text());
+    assert.ok(
+      (await show('DATABASES')).some((d) => d.name === 'appdb' && d.paused === '1'),
+      'PAUSE from the dashboard reached the workers',
+    );
+    assert.equal((await act('RESUME')).status, 200);
+    assert.ok((await show('DATABASES')).some((d) => d.name === 'appdb' && d.paused === '0'));
+    assert.equal((await clients[0]?.query('select 1 as x'))?.rows[0].x, 1);
+  } finally {
+    await Promise.all(clients.map((c) => c.end()));
+  }
+});
+
 test('a cancel request reaches the query wherever its session lives', async () => {
   const sql = postgres({ host: '127.0.0.1', port, user: 'app', database: 'appdb', password: PW.app, max: 4, fetch_types: false });
   try {
