@@ -162,6 +162,16 @@ function crossCheck(c: Config): ConfigProblem[] {
   if ((t.mode === 'verify-ca' || t.mode === 'verify-full') && t.ca === undefined) {
     problems.push({ path: 'tls.ca', message: `mode ${t.mode} needs tls.ca to check client certificates` });
   }
+  const at = c.admin.tls;
+  if ((at?.cert === undefined) !== (at?.key === undefined)) {
+    // One without the other would silently serve plain HTTP.
+    problems.push({
+      path: at?.cert === undefined ? 'admin.tls.cert' : 'admin.tls.key',
+      message: 'admin.tls.cert and admin.tls.key must be given together',
+    });
+  }
+  readable(at?.cert, 'admin.tls.cert', problems);
+  readable(at?.key, 'admin.tls.key', problems);
   readable(t.cert, 'tls.cert', problems);
   readable(t.key, 'tls.key', problems);
   readable(t.ca, 'tls.ca', problems);
