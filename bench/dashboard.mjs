@@ -7,12 +7,16 @@
 //   npm run build && node bench/dashboard.mjs [--rounds 4] [--duration 8] [--clients 10]
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
+import { parseSummary } from './lib/pgbench.mjs';
+import { treeCpuSeconds } from './lib/procfs.mjs';
+import { execOk } from './lib/services.mjs';
+import { median as med } from './lib/stats.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const load = (p) => import(pathToFileURL(join(ROOT, 'dist', p)).href);
@@ -37,7 +41,7 @@ const env = (port) => ({
   PGDATABASE: 'appdb',
   PGPASSFILE: '/nonexistent',
 });
-await run('pgbench', ['-i', '-s', '10', '-q'], env(cluster.port));
+await execOk('pgbench', ['-i', '-s', '10', '-q'], { env: env(cluster.port) });
 writeFileSync(join(dir, 'hba'), 'host all all 127.0.0.1/32 trust\n');
 writeFileSync(join(dir, 'users.txt'), `"admin" "${formatVerifier(await makeVerifier('admin-pw'))}"\n`);
 const port = await freePort();
@@ -62,14 +66,10 @@ const browser = await chromium.launch({
   headless: true,
   args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
 });
-const ticks = () => {
-  const f = readFileSync(`/proc/${postern.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return Number(f[11]) + Number(f[12]);
-};
 const args = ['-n', '-S', '-M', 'extended', '-c', values.clients, '-j', '2', '-T', values.duration];
 const results = { 'no page': [], 'dashboard open': [] };
 try {
-  await run('pgbench', ['-n', '-S', '-c', '4', '-T', '2'], env(port));
+  await execOk('pgbench', ['-n', '-S', '-c', '4', '-T', '2'], { env: env(port) });
   for (let round = 1; round <= Number(values.rounds); round++) {
     for (const kind of round % 2 === 1 ? ['no page', 'dashboard open'] : ['dashboard open', 'no page']) {
       let page = null;
@@ -80,17 +80,15 @@ try {
         await page.goto(`http://127.0.0.1:${adminPort}/`);
         await page.waitForTimeout(1500);
       }
-      const before = ticks();
-      const out = await run('pgbench', args, env(port));
-      const n = Number(/actually processed: (\d+)/.exec(out)?.[1] ?? 0);
-      const tps = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? 0);
-      const cpu = ((ticks() - before) / 100 / Math.max(n, 1)) * 10_000;
+      const before = treeCpuSeconds(postern.pid);
+      const s = parseSummary(await execOk('pgbench', args, { env: env(port) }));
+      const tps = s.tps ?? 0;
+      const cpu = ((treeCpuSeconds(postern.pid) - before) / Math.max(s.transactions ?? 0, 1)) * 10_000;
       results[kind].push({ tps, cpu });
       console.error(`round ${round} ${kind}: ${tps.toFixed(0)} tps, Postern ${cpu.toFixed(3)} CPU s/10k tx`);
       await context?.close();
     }
   }
-  const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log(`pgbench ${args.join(' ')}, ${values.rounds} interleaved rounds (medians)\n`);
   console.log('| | tps | Postern CPU s/10k tx |\n|---|---:|---:|');
   for (const [k, r] of Object.entries(results))
@@ -103,19 +101,4 @@ try {
   postern.kill('SIGTERM');
   await cluster.stop();
   rmSync(dir, { recursive: true, force: true });
-}
-
-function run(cmd, argv, e) {
-  return new Promise((res, rej) => {
-    const c = spawn(cmd, argv, { env: e });
-    let out = '';
-    let err = '';
-    c.stdout.on('data', (d) => {
-      out += d;
-    });
-    c.stderr.on('data', (d) => {
-      err += d;
-    });
-    c.on('exit', (code) => (code === 0 ? res(out) : rej(new Error(`${cmd} ${argv.join(' ')}: ${code}\n${err}`))));
-  });
 }

@@ -8,11 +8,15 @@
 //   npm run build && node bench/split.mjs [--rounds 3] [--duration 8] [--clients 20] [--protocol extended]
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { parseSummary } from './lib/pgbench.mjs';
+import { treeCpuSeconds } from './lib/procfs.mjs';
+import { execOk } from './lib/services.mjs';
+import { median as med } from './lib/stats.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const { startPostgres, startStandby, freePort } = await import(pathToFileURL(join(ROOT, 'dist', 'dev', 'cluster.js')).href);
@@ -36,7 +40,7 @@ const env = (port, db) => ({
   PGDATABASE: db,
   PGPASSFILE: '/nonexistent',
 });
-await run('pgbench', ['-i', '-s', '10', '-q'], env(primary.port, 'appdb'));
+await execOk('pgbench', ['-i', '-s', '10', '-q'], { env: env(primary.port, 'appdb') });
 const standbys = [await startStandby(primary), await startStandby(primary)];
 writeFileSync(join(dir, 'hba'), 'host all all 127.0.0.1/32 trust\n');
 const procs = [];
@@ -68,27 +72,21 @@ const split = await postern('split over 2 standbys', {
   read_write_split: true,
 });
 const targets = [single, split];
-const ticks = (pid) => {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return Number(f[11]) + Number(f[12]);
-};
 const args = ['-n', '-S', '-M', values.protocol, '-c', values.clients, '-j', '2', '-T', values.duration];
 const results = new Map(targets.map((t) => [t.name, []]));
 try {
-  for (const t of targets) await run('pgbench', ['-n', '-S', '-c', '4', '-T', '2'], env(t.port, 'bench'));
+  for (const t of targets) await execOk('pgbench', ['-n', '-S', '-c', '4', '-T', '2'], { env: env(t.port, 'bench') });
   for (let round = 1; round <= Number(values.rounds); round++) {
     for (const t of round % 2 === 1 ? targets : [...targets].reverse()) {
-      const before = ticks(t.pid);
-      const out = await run('pgbench', args, env(t.port, 'bench'));
-      const tps = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? 0);
-      const failed = Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? -1);
-      const n = Number(/actually processed: (\d+)/.exec(out)?.[1] ?? 0);
-      const cpu = ((ticks(t.pid) - before) / 100 / Math.max(n, 1)) * 10_000;
+      const before = treeCpuSeconds(t.pid);
+      const s = parseSummary(await execOk('pgbench', args, { env: env(t.port, 'bench') }));
+      const tps = s.tps ?? 0;
+      const failed = s.failedTransactions;
+      const cpu = ((treeCpuSeconds(t.pid) - before) / Math.max(s.transactions ?? 0, 1)) * 10_000;
       results.get(t.name).push({ tps, failed, cpu });
       console.error(`round ${round} ${t.name}: ${tps.toFixed(0)} tps, ${failed} failed, Postern ${cpu.toFixed(3)} CPU s/10k tx`);
     }
   }
-  const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log(`pgbench ${args.join(' ')}, ${values.rounds} interleaved rounds (medians)\n`);
   console.log('| Postern in front of | tps | failed | Postern CPU s/10k tx |\n|---|---:|---:|---:|');
   for (const t of targets) {
@@ -104,19 +102,4 @@ try {
   for (const s of standbys) await s.stop();
   await primary.stop();
   rmSync(dir, { recursive: true, force: true });
-}
-
-function run(cmd, argv, e) {
-  return new Promise((res, rej) => {
-    const c = spawn(cmd, argv, { env: e });
-    let out = '';
-    let err = '';
-    c.stdout.on('data', (d) => {
-      out += d;
-    });
-    c.stderr.on('data', (d) => {
-      err += d;
-    });
-    c.on('exit', (code) => (code === 0 ? res(out) : rej(new Error(`${cmd} ${argv.join(' ')}: ${code}\n${err}`))));
-  });
 }

@@ -42,6 +42,13 @@ export function exec(file, args, opts = {}) {
   });
 }
 
+/** Runs a program and resolves its stdout; rejects with its stderr when it exits non-zero. */
+export async function execOk(file, args, opts = {}) {
+  const r = await exec(file, args, opts);
+  if (r.code !== 0) throw new Error(`${file} ${args.join(' ')}: exit ${r.code}\n${r.stderr}`);
+  return r.stdout;
+}
+
 /** uid/gid of an unprivileged user for programs that refuse to run as root. */
 export function unprivilegedIdentity() {
   if (process.getuid?.() !== 0) return undefined;
