@@ -11,12 +11,12 @@ import type { AuthState } from './auth/store.ts';
 import { LoginThrottle } from './auth/throttle.ts';
 import { PoolRegistry } from './backend/pool.ts';
 import { StatementCache } from './backend/prepared.ts';
-import type { ServerConn, ServerTarget } from './backend/server-conn.ts';
+import type { ServerConn } from './backend/server-conn.ts';
 import type { Config, PoolConfig } from './config/schema.ts';
 import type { AuditLog } from './observability/audit.ts';
 import type { Logger } from './observability/log.ts';
 import { Stats } from './stats/registry.ts';
-import { type ClientTls, type ServerTlsOptions, serverTlsOptions } from './tls/contexts.ts';
+import type { ClientTls } from './tls/contexts.ts';
 import { VERSION } from './version.ts';
 
 /** A client as the admin console and metrics see it (PgBouncer's SHOW CLIENTS vocabulary). */
@@ -114,7 +114,6 @@ export class Context {
   config: Config;
   log: Logger;
   clientTls: ClientTls | null;
-  #serverTls = new Map<string, ServerTlsOptions>();
   readonly sessions = new Set<SessionHandle>();
   readonly #byPid = new Map<number, SessionHandle>();
   #nextId = 1;
@@ -161,27 +160,11 @@ export class Context {
     );
     const a = config.auth;
     this.throttle = new LoginThrottle({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
-    for (const [name, db] of Object.entries(config.databases)) this.#serverTls.set(name, serverTlsOptions(db));
     if (clientTls !== null) this.channelBinding = tlsServerEndPoint(clientTls.certificate);
   }
 
   count(map: Map<string, number>, key: string): void {
     map.set(key, (map.get(key) ?? 0) + 1);
-  }
-
-  /** The server a database name maps to. */
-  target(database: string): ServerTarget | undefined {
-    const db = this.config.databases[database];
-    const tlsOpts = this.#serverTls.get(database);
-    if (db === undefined || tlsOpts === undefined) return undefined;
-    return {
-      name: database,
-      host: db.host,
-      port: db.port,
-      dbname: db.dbname ?? database,
-      tls: tlsOpts,
-      connectTimeout: this.config.limits.server_connect_timeout,
-    };
   }
 
   /** The pool settings with this process's share of the global connection limits (0 = unlimited stays 0). */

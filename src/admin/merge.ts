@@ -45,6 +45,12 @@ const TRAFFIC_SUMS = [
   'binds',
 ] as const;
 
+/** Adds one pool row into another of the same (database, user): counts add up, the longest wait stays. */
+export function addPoolRow(into: PoolRow, from: PoolRow): void {
+  for (const k of POOL_SUMS) into[k] += from[k];
+  into.maxwait_us = Math.max(into.maxwait_us, from.maxwait_us);
+}
+
 /**
  * Adds averages `a` into `into`: rates add up; times are per transaction,
  * query or assignment, so they are averaged weighted by those rates.
@@ -110,10 +116,7 @@ export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
       const key = `${p.database}\u0000${p.user}`;
       const have = pools.get(key);
       if (have === undefined) pools.set(key, { ...p });
-      else {
-        for (const k of POOL_SUMS) have[k] += p[k];
-        have.maxwait_us = Math.max(have.maxwait_us, p.maxwait_us);
-      }
+      else addPoolRow(have, p);
     }
     out.clients.push(...s.clients);
     out.servers.push(...s.servers);

@@ -12,6 +12,7 @@ import { routingOf } from '../routing/router.ts';
 import type { Histogram } from '../stats/histogram.ts';
 import type { EventRow, SeriesData } from '../stats/history.ts';
 import type { Totals } from '../stats/registry.ts';
+import { addPoolRow } from './merge.ts';
 
 /** One histogram as plain data: Prometheus-style cumulative counts per bound, plus count and sum. */
 export interface HistData {
@@ -172,20 +173,6 @@ export function collect(ctx: Context, worker = 0): Snapshot {
   const cfg = ctx.config.pool;
   for (const p of ctx.pools.all()) {
     const c = p.counts(now, cfg.server_check_query !== '' ? cfg.server_check_delay : -1);
-    const same = pools.get(`${p.target.name}\u0000${p.user}`);
-    if (same !== undefined) {
-      // One row per (database, user), as in PgBouncer: the pools of a database's several servers add up (SHOW HOSTS has them apart).
-      same.cl_waiting += c.cl_waiting;
-      same.sv_active += c.sv_active;
-      same.sv_being_canceled += c.sv_being_canceled;
-      same.sv_idle += c.sv_idle;
-      same.sv_used += c.sv_used;
-      same.sv_tested += c.sv_tested;
-      same.sv_login += c.sv_login;
-      same.maxwait_us = Math.max(same.maxwait_us, c.maxwait_ms * 1000);
-      poolsByKey.set(p.key, same);
-      continue;
-    }
     const row: PoolRow = {
       database: p.target.name,
       user: p.user,
@@ -204,8 +191,12 @@ export function collect(ctx: Context, worker = 0): Snapshot {
       pool_mode: p.mode,
       cl_pinned: 0,
     };
-    pools.set(`${row.database}\u0000${row.user}`, row);
-    poolsByKey.set(p.key, row);
+    const key = `${row.database}\u0000${row.user}`;
+    const same = pools.get(key);
+    // One row per (database, user), as in PgBouncer: the pools of a database's several servers add up (SHOW HOSTS has them apart).
+    if (same !== undefined) addPoolRow(same, row);
+    else pools.set(key, row);
+    poolsByKey.set(p.key, same ?? row);
   }
   const clients: ClientRow[] = [];
   // Server connections of passthrough sessions belong to no pool: listed with their client.

@@ -16,6 +16,7 @@ import { pino } from 'pino';
 import { formatVerifier, makeVerifier } from '../auth/scram.ts';
 import { ServerConn } from '../backend/server-conn.ts';
 import { validateConfig } from '../config/load.ts';
+import { routingOf } from '../routing/router.ts';
 import { Postern } from '../server.ts';
 import { generateCerts } from './certs.ts';
 import { startPostgres } from './cluster.ts';
@@ -101,8 +102,8 @@ function demoTraffic(postern: Postern, port: number, password: string): { stop()
   let stopped = false;
   const log = postern.log.child({ demo: 'traffic' });
   // The demo database's own target (plaintext link settings), pointed at Postern's client port.
-  const server = postern.ctx.target('appdb');
-  if (server === undefined) return { stop: () => {} };
+  const server = routingOf(postern.ctx).targetFor('appdb');
+  if (server === null) return { stop: () => {} };
   const target = { ...server, host: '127.0.0.1', port };
   const queries = [
     'SELECT count(*) FROM pg_class',

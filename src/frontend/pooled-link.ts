@@ -57,7 +57,7 @@ import {
 } from '../protocol/backend.ts';
 import { BE, FE, TX, typeTable, VALID_BACKEND } from '../protocol/codes.ts';
 import type { MessageStream } from '../protocol/framer.ts';
-import { encodeQuery } from '../protocol/frontend.ts';
+import { encodeQuery, parseText, queryText } from '../protocol/frontend.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation, type ViolationKind } from '../protocol/violation.ts';
 import { type Host, NEED, type Need, type WriteMark } from '../routing/hosts.ts';
@@ -1359,22 +1359,6 @@ export class PooledLink implements PoolWaiter, ServerLink, LedgerRoute, Statemen
       this.#shell.terminate(SQLSTATE.IdleSessionTimeout, 'terminating connection due to idle-session timeout');
     }
   }
-}
-
-/** The query text of a Query frame, or null when it is not terminated. */
-function queryText(buf: Buffer, start: number, end: number): string | null {
-  const textEnd = buf.indexOf(0, start + 5);
-  if (textEnd < 0 || textEnd >= end) return null;
-  return buf.toString('utf8', start + 5, textEnd);
-}
-
-/** The query text of a Parse frame (after the statement name), or null when malformed. */
-function parseText(buf: Buffer, start: number, end: number): string | null {
-  const nameEnd = buf.indexOf(0, start + 5);
-  if (nameEnd < 0 || nameEnd >= end) return null;
-  const textEnd = buf.indexOf(0, nameEnd + 1);
-  if (textEnd < 0 || textEnd >= end) return null;
-  return buf.toString('utf8', nameEnd + 1, textEnd);
 }
 
 export { CLOSE_COMPLETE };

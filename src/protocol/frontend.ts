@@ -52,3 +52,19 @@ export const SYNC: Buffer = new Writer().message(FE.Sync);
 export function encodeCopyFail(message: string): Buffer {
   return new Writer().cstring(message).message(FE.CopyFail);
 }
+
+/** The query text of a Query frame, or null when it is not terminated. */
+export function queryText(buf: Buffer, start: number, end: number): string | null {
+  const textEnd = buf.indexOf(0, start + 5);
+  if (textEnd < 0 || textEnd >= end) return null;
+  return buf.toString('utf8', start + 5, textEnd);
+}
+
+/** The query text of a Parse frame (after the statement name), or null when malformed. */
+export function parseText(buf: Buffer, start: number, end: number): string | null {
+  const nameEnd = buf.indexOf(0, start + 5);
+  if (nameEnd < 0 || nameEnd >= end) return null;
+  const textEnd = buf.indexOf(0, nameEnd + 1);
+  if (textEnd < 0 || textEnd >= end) return null;
+  return buf.toString('utf8', nameEnd + 1, textEnd);
+}

@@ -169,8 +169,8 @@ export class HostSet {
       pool = ok.filter((h) => h === primary);
       if (pool.length === 0) return null;
     } else if (need === NEED.Read) {
-      const need = mark !== null && db.read_your_writes ? this.#mustSee(mark) : -1n;
-      const standbys = ok.filter((h) => h.role === ROLE.Standby && (need < 0n || (h.lsn !== null && h.lsn >= need)));
+      const mustSee = mark !== null && db.read_your_writes ? this.#mustSee(mark) : -1n;
+      const standbys = ok.filter((h) => h.role === ROLE.Standby && (mustSee < 0n || (h.lsn !== null && h.lsn >= mustSee)));
       if (standbys.length > 0) pool = standbys;
       else {
         const p = ok.filter((h) => h === primary);

@@ -27,8 +27,6 @@ export interface Route {
   db: DatabaseConfig;
   /** The servers of that database. */
   hosts: HostSet;
-  /** The first server (single-server databases, relayed sessions without a choice). */
-  target: ServerTarget;
   /** The role Postern logs into the server as. */
   serverUser: string;
   mode: PoolMode;
@@ -57,7 +55,6 @@ export function route(ctx: Context, database: string, user: string): Route | nul
     database,
     db,
     hosts,
-    target: (hosts.hosts[0] as Host).target,
     serverUser,
     mode: mapping?.pool_mode ?? db.pool_mode ?? cfg.pool.pool_mode,
     poolSize: ctx.share(db.pool_size ?? cfg.pool.default_pool_size),
@@ -211,10 +208,6 @@ export class PoolGroup {
       const r = this.refusal(need);
       w.giveUp(r.code, r.message, r.detail);
     }
-  }
-
-  pools(): Pool[] {
-    return [...this.#pools.values()];
   }
 }
 

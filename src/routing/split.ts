@@ -8,6 +8,7 @@
 // write: the chunk then waits for a server chosen with all of its bytes.
 
 import { FE } from '../protocol/codes.ts';
+import { parseText, queryText } from '../protocol/frontend.ts';
 import { ACCESS, type Access, type ReadOnlyClassifier } from '../sql/readonly.ts';
 
 /** The text of a named prepared statement the client made earlier (null: not known). */
@@ -45,10 +46,10 @@ export class SplitScanner {
   scan(chunks: readonly Buffer[]): Access {
     // Judged as one run: a statement cut between two held chunks is read whole.
     if (chunks.length === 0) return ACCESS.Read;
-    return this.#chunk(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks), true);
+    return this.#chunk(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
   }
 
-  #chunk(raw: Buffer, firstChunk: boolean): Access {
+  #chunk(raw: Buffer): Access {
     let buf = raw;
     const carried = this.#partial?.length ?? 0;
     if (this.#partial !== null) {
@@ -64,7 +65,7 @@ export class SplitScanner {
       this.head = n;
     }
     let verdict: Access = ACCESS.Read;
-    let firstStatement = firstChunk;
+    let firstStatement = true;
     let begun = carried > 0;
     while (off < buf.length) {
       const type = buf[off] as number;
@@ -106,18 +107,11 @@ export class SplitScanner {
   /** The verdict on one statement frame; null for a Bind of the unnamed statement whose Parse was already judged. */
   #statement(type: number, buf: Buffer, start: number, end: number): Access | null {
     if (type === FE.FunctionCall) return ACCESS.Write;
-    if (type === FE.Query) {
-      const z = buf.indexOf(0, start + 5);
-      if (z < 0 || z >= end) return ACCESS.Write;
-      return this.#classifier.classify(buf.toString('utf8', start + 5, z));
-    }
-    if (type === FE.Parse) {
-      const nameEnd = buf.indexOf(0, start + 5);
-      if (nameEnd < 0 || nameEnd >= end) return ACCESS.Write;
-      const textEnd = buf.indexOf(0, nameEnd + 1);
-      if (textEnd < 0 || textEnd >= end) return ACCESS.Write;
-      const text = buf.toString('utf8', nameEnd + 1, textEnd);
-      if (nameEnd === start + 5) this.#unnamed = text;
+    if (type === FE.Query || type === FE.Parse) {
+      const text = type === FE.Query ? queryText(buf, start, end) : parseText(buf, start, end);
+      if (text === null) return ACCESS.Write;
+      // An empty name (its NUL right after the header): the unnamed statement a later Bind may run.
+      if (type === FE.Parse && buf[start + 5] === 0) this.#unnamed = text;
       return this.#classifier.classify(text);
     }
     // Bind: the statement it runs.
