@@ -991,6 +991,74 @@ const KEY_ERROR = '\u0000!';
  * none of which changes the fingerprint or the normalized text.
  */
 export function shapeKey(text: string): string {
+  return plainShapeKey(text) ?? lexedShapeKey(text);
+}
+
+/** True when a key masks a constant (or an error): its text has literal values, so it will rarely come back verbatim. */
+export function keyHasConstant(key: string): boolean {
+  return key.includes(KEY_CONSTANT);
+}
+
+/**
+ * shapeKey's fast path, without tokens, for the common text made of
+ * identifiers, integers, operators, punctuation and whitespace only (e.g.
+ * "SELECT abalance FROM pgbench_accounts WHERE aid = 4711"): the same key
+ * the lexer would give, or null when the text holds anything that needs the
+ * lexer to tell where tokens end (quotes, $, comments, non-ASCII, a number
+ * with a dot, an exponent, an underscore or a radix prefix, characters the
+ * grammar has no use for).
+ */
+export function plainShapeKey(s: string): string | null {
+  const n = s.length;
+  let i = 0;
+  while (i < n && isSpace(s.charCodeAt(i))) i++;
+  let seg = i;
+  let out = '';
+  while (i < n) {
+    const c = s.charCodeAt(i);
+    if (isDigit(c)) {
+      const before = s.charCodeAt(i - 1);
+      // Digits after a letter, digit or _ belong to that identifier.
+      if (i > 0 && isIdentCont(before)) {
+        i++;
+        continue;
+      }
+      if (before === DOT) return null;
+      let j = i + 1;
+      while (j < n && isDigit(s.charCodeAt(j))) j++;
+      const after = s.charCodeAt(j);
+      if (j < n && (isIdentCont(after) || after === DOT)) return null;
+      out += s.slice(seg, i) + KEY_CONSTANT;
+      seg = j;
+      i = j;
+      continue;
+    }
+    if (isSpace(c)) {
+      let j = i + 1;
+      while (j < n && isSpace(s.charCodeAt(j))) j++;
+      if (j === n) return out + s.slice(seg, i);
+      // One plain space between two tokens is already the key's separator.
+      if (c !== SPACE || j !== i + 1) {
+        out += `${s.slice(seg, i)} `;
+        seg = j;
+      }
+      i = j;
+      continue;
+    }
+    if (isIdentStart(c)) {
+      if (c >= 0x80) return null;
+    } else if (c === MINUS) {
+      if (s.charCodeAt(i + 1) === MINUS) return null;
+    } else if (c === SLASH) {
+      if (s.charCodeAt(i + 1) === STAR) return null;
+    } else if (!(isPunct(c) || isOpChar(c) || c === DOT || c === COLON)) return null;
+    i++;
+  }
+  return out + s.slice(seg);
+}
+
+/** shapeKey by the lexer: any text. */
+export function lexedShapeKey(text: string): string {
   const lexer = new Lexer(text);
   let out = '';
   let prevEnd = -1;

@@ -22,7 +22,7 @@
 import { createHash } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { fingerprintSync, loadModule, normalizeSync } from 'libpg-query';
-import { Lexer, shapeKey, TOKEN } from '../sql/lexer.ts';
+import { keyHasConstant, Lexer, shapeKey, TOKEN } from '../sql/lexer.ts';
 
 export interface ShapeId {
   /** 16 lower-case hex digits: libpg-query's fingerprint, or a hash of the lexer-normalized text when not parsed. */
@@ -141,7 +141,10 @@ export class Normalizer {
     const hit = cache.get(key);
     if (hit !== undefined) {
       this.hits++;
-      this.#rememberText(text, hit);
+      // A text with literals inline comes back with other values: keeping it
+      // by its exact text would only churn that cache (and push out the
+      // prepared texts that do come back).
+      if (!keyHasConstant(key)) this.#rememberText(text, hit);
       return hit;
     }
     this.misses++;
@@ -151,7 +154,7 @@ export class Normalizer {
       this.#cachedChars += key.length + shape.normalized.length;
       this.#trim();
     }
-    this.#rememberText(text, shape);
+    if (!keyHasConstant(key)) this.#rememberText(text, shape);
     return shape;
   }
 

@@ -9,7 +9,17 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { booleanLiteral, classify, parseBoolean, STATEMENT_KIND, type StatementInfo } from '../../src/sql/classify.ts';
-import { Lexer, splitStatements, TOKEN, type Token, tokenize, truncateIdentifier } from '../../src/sql/lexer.ts';
+import {
+  Lexer,
+  lexedShapeKey,
+  plainShapeKey,
+  shapeKey,
+  splitStatements,
+  TOKEN,
+  type Token,
+  tokenize,
+  truncateIdentifier,
+} from '../../src/sql/lexer.ts';
 
 // ---------------------------------------------------------------- helpers
 
@@ -1034,6 +1044,83 @@ describe('robustness', () => {
     assert.equal(nested.setConfigUndetermined, true);
     assert.equal(one(`SELECT ${'$a '.repeat(size / 3)}`).kind, 'unknown');
     assert.equal(one(`SELECT ${"U&'x' /* c */ ".repeat(size / 16)}`).kind, 'select');
+  });
+});
+
+describe('shapeKey fast path', () => {
+  it("gives the lexer's key for plain texts, and leaves every other text to the lexer", () => {
+    const plain = [
+      'SELECT abalance FROM pgbench_accounts WHERE aid = 4711;',
+      '  select t1.a2, t2.b FROM t1 JOIN t2 ON t1.id=t2.id  LIMIT 10\n',
+      'UPDATE x SET n = n + 1, m = -5 WHERE k IN (1,2, 3)',
+      'SELECT a::int4, b[1], c:=2, d<=>4, x=-1, y>=2 /2 FROM t',
+      'BEGIN',
+      '',
+      '   \t\n ',
+      'select\t1\r\n,\f2\v',
+      'SELECT 1 / 2 - 3 * 4 % 5 ^ 6 ! 7 @ 8 # 9 ~ 10 | 11 & 12 ? 13 ` 14',
+      'SELECT 0, 00, 007, 123456789012345678901234567890',
+    ];
+    for (const t of plain) {
+      const fast = plainShapeKey(t);
+      assert.notEqual(fast, null, t);
+      assert.equal(fast, lexedShapeKey(t), t);
+    }
+    const lexed = [
+      "SELECT 'a'",
+      'SELECT "Q"',
+      'SELECT $1',
+      'SELECT $$x$$',
+      'SELECT 1.5',
+      'SELECT .5',
+      'SELECT 1e5',
+      'SELECT 0x1F',
+      'SELECT 1_000',
+      'SELECT 1abc',
+      'SELECT a.1',
+      'SELECT 1 -- c',
+      'SELECT /* c */ 1',
+      'SELECT é',
+      'SELECT {',
+      'SELECT \\',
+    ];
+    for (const t of lexed) assert.equal(plainShapeKey(t), null, t);
+    for (const t of [...plain, ...lexed]) assert.equal(shapeKey(t), lexedShapeKey(t), t);
+  });
+
+  it('agrees with the lexer on random texts of plain characters and everything near them', () => {
+    const unit = fc.constantFrom(
+      ...'aZ_e E x o b 0 1 9 . : ; , ( ) [ ] + - * / < > = ~ ! @ # % ^ & | ` ?'.split(' '),
+      ' ',
+      '  ',
+      '\t',
+      '\n',
+      '\r\n',
+      '\f',
+      '\v',
+      '--',
+      '/*',
+      '*/',
+      "'",
+      '"',
+      '$',
+      '\\',
+      'é',
+      '{',
+      'select',
+      't1',
+      '42',
+      '3.14',
+    );
+    fc.assert(
+      fc.property(fc.array(unit, { maxLength: 60 }), (parts) => {
+        const text = parts.join('');
+        const fast = plainShapeKey(text);
+        if (fast !== null) assert.equal(fast, lexedShapeKey(text), JSON.stringify(text));
+        assert.equal(shapeKey(text), lexedShapeKey(text), JSON.stringify(text));
+      }),
+      { numRuns: 20000 },
+    );
   });
 });
 
