@@ -347,10 +347,12 @@ export class Ledger {
   /**
    * The client that sent the queued requests is gone: every answer still to
    * come is swallowed (their owners still hear how each ended), markers are
-   * no longer written.
+   * no longer written. The watcher stays until the pool has drained the
+   * connection (Pool.reclaim): a statement the client sent before leaving ran,
+   * and its statistics still hear how it ended. Nothing pushed from now on is
+   * the client's, so no new ordinal reaches it.
    */
   disown(): void {
-    this.watcher = null;
     const mask = this.#kind.length - 1;
     for (let i = 0; i < this.#count; i++) {
       const at = (this.#head + i) & mask;

@@ -321,6 +321,7 @@ export class Pool {
       this.#host.log.info({ server: conn.id, why }, 'could not clean the server connection; closing it');
       conn.detach();
       conn.destroy();
+      ledger.watcher = null;
     };
     const timer = setTimeout(() => fail('timed out draining'), 10_000);
     timer.unref();
@@ -329,6 +330,8 @@ export class Pool {
       settled = true;
       clearTimeout(timer);
       conn.detach();
+      // The departed client's statements are all answered: its statistics stop here.
+      ledger.watcher = null;
       const rollback = (): void => {
         if (conn.closed) return;
         if (conn.txStatus === TX.Idle) {

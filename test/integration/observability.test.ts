@@ -216,6 +216,30 @@ describe('statistics match what ran', () => {
     const logged = logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((o) => o.msg === 'query' && o.sqlstate === '22012');
     assert.ok(logged.length >= 1, 'log.queries logs the failed statement with its SQLSTATE');
   });
+
+  test('a statement whose client leaves before its answer still counts, with its error', async () => {
+    const c = appClient();
+    await c.connect();
+    c.on('error', () => undefined);
+    // Inside a transaction the client holds its server. The Query and the
+    // Terminate leave together: Postern sees the client go before the server
+    // answers, and the pool drains the connection and rolls it back.
+    await c.query('begin');
+    const left = c.query('select 7/0 from pgbench_tellers').catch((e: Error) => e);
+    c.connection.end();
+    await left;
+    const shape = await waitUntil(
+      async () => (await show('QUERIES')).find((q) => q.query === 'select $1/$2 from pgbench_tellers' && Number(q.errors) === 1),
+      10_000,
+      'the left-behind statement in SHOW QUERIES',
+    );
+    assert.equal(Number(shape.calls), 1);
+    // The connection came back clean: the pool still serves.
+    const d = appClient();
+    await d.connect();
+    assert.equal((await d.query('select 1 as one')).rows[0].one, 1);
+    await d.end();
+  });
 });
 
 describe('admin console', () => {
