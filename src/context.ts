@@ -5,7 +5,6 @@
 // the admin console, so the console and the sessions never import each other.
 
 import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
-import { tlsServerEndPoint } from './auth/scram.ts';
 import type { StoredSecret } from './auth/secrets.ts';
 import type { AuthState } from './auth/store.ts';
 import { LoginThrottle } from './auth/throttle.ts';
@@ -50,6 +49,12 @@ export interface ClientInfo {
   server: ServerConn | null;
   /** A passthrough session with its own server connection (no pool). */
   relayed: boolean;
+  /** The tenant chosen by the TLS server name; null: the top-level databases. */
+  tenant: string | null;
+  /** The TLS server name (SNI) the client sent; null when none (or no TLS). */
+  serverName: string | null;
+  /** plain, terminated (Postern's TLS), or passthrough (the server's TLS, spliced unopened). */
+  tlsRoute: 'plain' | 'terminated' | 'passthrough';
 }
 
 /** What the admin console may ask of the running instance. */
@@ -121,8 +126,6 @@ export class Context {
   shuttingDown = false;
   auth: AuthState;
   readonly throttle: LoginThrottle;
-  /** tls-server-end-point data of Postern's certificate (SCRAM-SHA-256-PLUS); null without TLS. */
-  channelBinding: Buffer | null = null;
   /** Secrets fetched by auth_query: user@database -> entry. */
   readonly lookupCache = new Map<string, { secret: StoredSecret | null; expires: number }>();
   readonly pools: PoolRegistry;
@@ -160,7 +163,6 @@ export class Context {
     );
     const a = config.auth;
     this.throttle = new LoginThrottle({ windowMs: a.throttle_window, maxFailures: a.throttle_max_failures, delayMs: a.throttle_delay });
-    if (clientTls !== null) this.channelBinding = tlsServerEndPoint(clientTls.certificate);
   }
 
   count(map: Map<string, number>, key: string): void {

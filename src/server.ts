@@ -21,7 +21,8 @@ import { routingOf } from './routing/router.ts';
 import { loadReadOnlyParser } from './sql/readonly.ts';
 import { loadNormalizer } from './stats/normalize.ts';
 import type { StatementRecord } from './stats/registry.ts';
-import { ClientTls, clientTlsConfigured } from './tls/contexts.ts';
+import { type CertificateTable, ClientTls, checkServerTls, clientTlsConfigured, loadCertificates, TlsFilesError } from './tls/contexts.ts';
+import { TlsWatcher, tlsFiles } from './tls/watch.ts';
 
 export interface PosternOptions {
   logger?: Logger;
@@ -49,6 +50,8 @@ export class Postern {
   #configFile: string | undefined;
   #adminHttp: boolean;
   #http: AdminHttp | null = null;
+  /** tls.watch: reloads the TLS files when they change on disk. */
+  #watcher: TlsWatcher | null = null;
   /** The dashboard's once-a-second history points (every process keeps its own; the primary merges them). */
   readonly #sampler: HistorySampler;
   /** Bound port of the admin HTTP listener (admin.listen); null when there is none. */
@@ -125,7 +128,8 @@ export class Postern {
   /** The read/write split needs the PostgreSQL parser: loaded once a database asks for it. */
   #applyRouting(config: Config): Promise<void> {
     routingOf(this.ctx).refresh();
-    if (!Object.values(config.databases).some((d) => d.read_write_split)) return Promise.resolve();
+    const dbs = [...Object.values(config.databases), ...Object.values(config.tenants).flatMap((t) => Object.values(t.databases))];
+    if (!dbs.some((d) => d.read_write_split)) return Promise.resolve();
     return loadReadOnlyParser().catch((e: Error) => {
       this.log.error({ err: e.message }, 'cannot load the PostgreSQL parser; read_write_split sends everything to the primary');
     });
@@ -140,6 +144,7 @@ export class Postern {
     }
     this.#applyStats(cfg);
     await this.#applyRouting(cfg);
+    this.#watch(cfg);
     routingOf(this.ctx).checker.start();
     this.#sampler.start();
     if (cfg.admin.listen !== undefined && this.#adminHttp) {
@@ -196,11 +201,13 @@ export class Postern {
     if (configFile !== undefined) {
       const loaded = loadConfigFile(configFile);
       if (!loaded.ok) return loaded.problems;
-      // Settings that need a restart keep their running values.
+      // Settings that need a restart keep their running values; the TLS files are reloadable.
+      const running = this.ctx.config.tls;
+      const next = loaded.config.tls;
       config = {
         ...loaded.config,
         listen: this.ctx.config.listen,
-        tls: this.ctx.config.tls,
+        tls: { ...running, cert: next.cert, key: next.key, ca: next.ca, certificates: next.certificates, watch: next.watch },
         databases: mergeDatabases(loaded.config),
       };
     }
@@ -209,10 +216,74 @@ export class Postern {
       this.log.warn({ problems: auth.problems }, 'reload refused: authentication files are invalid');
       return auth.problems;
     }
+    // Every TLS file is read again (a certificate replaced under the same name too), and checked before anything changes.
+    const tls = this.#loadTls(config);
+    if (!Array.isArray(tls)) {
+      this.log.warn({ problems: tls.problems }, 'reload refused: TLS files do not load; the running certificates stay');
+      return tls.problems;
+    }
     this.ctx.auth = auth.state;
     this.ctx.lookupCache.clear();
     this.#apply(config);
+    this.#applyTls(config, tls);
     this.log.info({ users: auth.state.users.size, hbaRules: auth.state.hba?.length ?? null }, 'reloaded');
+    return [];
+  }
+
+  /**
+   * The TLS files of a config, loaded and checked: the client-side
+   * certificate table (null without TLS toward clients), or the problems.
+   * Server-side files are checked here and read again by the router.
+   */
+  #loadTls(config: Config): [CertificateTable | null] | TlsFilesError {
+    const problems: Array<{ path: string; message: string }> = [];
+    let table: CertificateTable | null = null;
+    if (clientTlsConfigured(config)) {
+      try {
+        table = loadCertificates(config);
+      } catch (e) {
+        if (!(e instanceof TlsFilesError)) throw e;
+        problems.push(...e.problems);
+      }
+    }
+    for (const [name, db] of Object.entries(config.databases)) problems.push(...checkServerTls(db, `databases.${name}`));
+    for (const [t, tenant] of Object.entries(config.tenants))
+      for (const [name, db] of Object.entries(tenant.databases)) problems.push(...checkServerTls(db, `tenants.${t}.databases.${name}`));
+    if (config.admin.tls.cert !== undefined && config.admin.tls.key !== undefined && this.#http !== null) {
+      const p = this.#http.checkTls(config.admin.tls);
+      if (p !== null) problems.push(p);
+    }
+    return problems.length > 0 ? new TlsFilesError(problems) : [table];
+  }
+
+  /** Checked TLS files take effect for new handshakes and connections; open ones keep theirs. */
+  #applyTls(config: Config, [table]: [CertificateTable | null]): void {
+    if (table === null) this.ctx.clientTls = null;
+    else if (this.ctx.clientTls === null) this.ctx.clientTls = new ClientTls(config, table);
+    else this.ctx.clientTls.replace(table);
+    routingOf(this.ctx).reloadServerTls();
+    if (config.admin.tls.cert !== undefined && config.admin.tls.key !== undefined) this.#http?.replaceTls(config.admin.tls);
+    this.#watch(config);
+  }
+
+  /** tls.watch: the TLS files of this config are watched (or no longer). */
+  #watch(config: Config): void {
+    this.#watcher?.stop();
+    this.#watcher = null;
+    if (!config.tls.watch || this.#closed) return;
+    this.#watcher = new TlsWatcher(tlsFiles(config), () => this.reloadTls());
+  }
+
+  /** The TLS files read again with the running config (tls.watch saw a change); the problems, empty on success. */
+  reloadTls(): Array<{ path: string; message: string }> {
+    const config = this.ctx.config;
+    const tls = this.#loadTls(config);
+    if (!Array.isArray(tls)) {
+      this.log.warn({ problems: tls.problems }, 'TLS files changed but do not load; the running certificates stay');
+      return tls.problems;
+    }
+    this.#applyTls(config, tls);
+    this.log.info('TLS files reloaded');
     return [];
   }
 
@@ -284,6 +355,7 @@ export class Postern {
     }
     for (const s of [...this.ctx.sessions]) s.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
     clearInterval(this.#janitor);
+    this.#watcher?.stop();
     this.#sampler.stop();
     routingOf(this.ctx).checker.stop();
     this.ctx.pools.closeAll();

@@ -8,10 +8,11 @@
 // objects; control commands act on the pools and sessions of the Context.
 // Users in admin.stats_users may only SHOW (PgBouncer's stats_users).
 
-import { SETTINGS } from '../config/schema.ts';
+import { type Config, type DatabaseConfig, SETTINGS } from '../config/schema.ts';
 import { formatDuration } from '../config/units.ts';
 import type { Context } from '../context.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
+import { scopedLabel } from '../routing/router.ts';
 import { Histogram, SHAPE_BOUNDS_US } from '../stats/histogram.ts';
 import { addTotals, sumByDatabase, type Totals, zeroTotals } from '../stats/registry.ts';
 import { type AdminCommand, AdminError, parseAdminCommand } from './commands.ts';
@@ -74,7 +75,7 @@ const SHOW_COLUMNS: Readonly<Record<string, Column[]>> = {
   pools: cols(
     'database user cl_active:int4 cl_waiting:int4 cl_active_cancel_req:int4 cl_waiting_cancel_req:int4 sv_active:int4 sv_active_cancel:int4 sv_being_canceled:int4 sv_idle:int4 sv_used:int4 sv_tested:int4 sv_login:int4 maxwait:int4 maxwait_us:int4 pool_mode cl_pinned:int4',
   ),
-  clients: cols(`${CONN_COLS} pinned worker:int4`),
+  clients: cols(`${CONN_COLS} pinned worker:int4 tenant server_name tls_route`),
   servers: cols(`${CONN_COLS} worker:int4`),
   stats: cols(`database ${STAT_NAMES.map((n) => `total_${n}:int8`).join(' ')} ${AVG_NAMES.map((n) => `avg_${n}:int8`).join(' ')}`),
   stats_totals: cols(`database ${STAT_NAMES.map((n) => `${n}:int8`).join(' ')}`),
@@ -197,7 +198,7 @@ function configRows(ctx: Context): Cell[][] {
 function show(kind: string, v: unknown, asWritten = false): string {
   if (v === undefined || v === null) return '';
   if (kind === 'duration' && typeof v === 'number' && !asWritten) return formatDuration(v);
-  if (Array.isArray(v)) return v.join(',');
+  if (Array.isArray(v)) return v.map((x) => (x !== null && typeof x === 'object' ? JSON.stringify(x) : String(x))).join(',');
   return String(v);
 }
 
@@ -207,6 +208,14 @@ export function percentile(row: Snapshot['shapes'][number], q: number): number {
   return Math.round(h.quantile(q));
 }
 
+/** Every database by the name the console uses: the top-level ones, and each tenant's as "tenant/name". */
+function allDatabases(config: Config): Record<string, DatabaseConfig> {
+  const out: Record<string, DatabaseConfig> = { ...config.databases };
+  for (const [t, tenant] of Object.entries(config.tenants))
+    for (const [name, db] of Object.entries(tenant.databases)) out[scopedLabel(t, name)] = db;
+  return out;
+}
+
 /** The executor of one console session. */
 export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecutor {
   const needAdmin = (cmd: AdminCommand): void => {
@@ -214,7 +223,7 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
   };
 
   const knownDb = (db: string | null): void => {
-    if (db !== null && ctx.config.databases[db] === undefined) throw new AdminError(SQLSTATE.InvalidCatalogName, `no such database: ${db}`);
+    if (db !== null && !(db in allDatabases(ctx.config))) throw new AdminError(SQLSTATE.InvalidCatalogName, `no such database: ${db}`);
   };
 
   const showRows = async (what: string): Promise<Cell[][]> => {
@@ -245,7 +254,9 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
             p.cl_pinned,
           ]);
       case 'clients':
-        return snap.clients.sort((a, b) => a.id - b.id).map((c) => [...connRow('C', c, clientState(c), c.wait_us), c.pinned, c.worker]);
+        return snap.clients
+          .sort((a, b) => a.id - b.id)
+          .map((c) => [...connRow('C', c, clientState(c), c.wait_us), c.pinned, c.worker, c.tenant, c.server_name, c.tls_route]);
       case 'servers':
         return snap.servers.sort((a, b) => a.id - b.id).map((s) => [...connRow('S', s, serverState(s, checkDelay, now), 0), s.worker]);
       case 'stats': {
@@ -293,7 +304,7 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
       case 'databases': {
         const pool = ctx.config.pool;
         const rows: Cell[][] = [];
-        for (const [name, db] of Object.entries(ctx.config.databases).sort((a, b) => a[0].localeCompare(b[0]))) {
+        for (const [name, db] of Object.entries(allDatabases(ctx.config)).sort((a, b) => a[0].localeCompare(b[0]))) {
           const servers = snap.servers.filter((s) => s.database === name).length;
           const clientsN = snap.clients.filter((c) => c.database === name).length;
           // Several servers: PgBouncer's multi-host spelling (hosts comma-separated) and the balancing in load_balance_hosts.

@@ -85,7 +85,7 @@ export function mergeSnapshots(snaps: readonly Snapshot[]): Snapshot {
     servers: [],
     traffic: [],
     averages: {},
-    counters: { logins: {}, loginFailures: {}, pins: {}, errors: {}, violations: {}, tlsHandshakes: {}, cancels: {} },
+    counters: { logins: {}, loginFailures: {}, pins: {}, errors: {}, violations: {}, tlsHandshakes: {}, cancels: {}, passthrough: {} },
     shapes: [],
     paused: [],
     disabled: [],

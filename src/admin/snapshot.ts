@@ -66,6 +66,11 @@ interface ConnRow {
 export interface ClientRow extends ConnRow {
   wait_us: number;
   pinned: string | null;
+  /** The tenant chosen by the client's TLS server name; null: the top-level databases. */
+  tenant: string | null;
+  server_name: string | null;
+  /** plain, terminated (Postern's TLS) or passthrough (the server's TLS, spliced). */
+  tls_route: string;
 }
 
 export interface ServerRow extends ConnRow {
@@ -119,6 +124,7 @@ export interface Snapshot {
     violations: Record<string, number>;
     tlsHandshakes: Record<string, number>;
     cancels: Record<string, number>;
+    passthrough: Record<string, number>;
   };
   shapes: ShapeRow[];
   paused: string[];
@@ -225,6 +231,9 @@ export function collect(ctx: Context, worker = 0): Snapshot {
       prepared_statements: i.preparedStatements,
       pinned: i.pinned,
       worker,
+      tenant: i.tenant,
+      server_name: i.serverName,
+      tls_route: i.tlsRoute,
     });
     if (i.poolKey !== null && i.state !== 'login') {
       const row = poolsByKey.get(i.poolKey);
@@ -315,6 +324,7 @@ export function collect(ctx: Context, worker = 0): Snapshot {
       violations: record(ctx.stats.violations),
       tlsHandshakes: record(ctx.stats.tlsHandshakes),
       cancels: record(ctx.stats.cancels),
+      passthrough: record(ctx.stats.passthrough),
     },
     shapes,
     paused: ctx.pools.pausedNames(),

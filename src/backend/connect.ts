@@ -9,7 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { PosternError } from '../errors.ts';
 import { SSL_REQUEST } from '../protocol/startup.ts';
-import type { ServerTlsOptions } from '../tls/contexts.ts';
+import { ALPN_POSTGRESQL, type ServerTlsOptions } from '../tls/contexts.ts';
 
 export interface ServerTransport {
   socket: net.Socket;
@@ -82,6 +82,11 @@ export function connectServer(
         return;
       }
       const raw = current;
+      if (tlsOpts.direct) {
+        // PostgreSQL 17 direct TLS: the ClientHello is the first byte, no SSLRequest round trip.
+        handshake(raw);
+        return;
+      }
       raw.once('data', (chunk: Buffer) => {
         raw.pause();
         const answer = chunk[0];
@@ -101,28 +106,37 @@ export function connectServer(
           fail(new ServerConnectError('ERR_SERVER_BAD_SSL_RESPONSE', `invalid response to SSLRequest: ${answer}`));
           return;
         }
-        const secure = tls.connect({ ...tlsOpts.connect, socket: raw });
-        current = secure;
-        secure.once('error', (err: Error) => {
-          // With rejectUnauthorized Node destroys the socket itself on a bad
-          // chain or name (after setting authorizationError), so the check in
-          // 'secureConnect' below never sees those: report them as what they are.
-          if (secure.authorizationError) {
-            fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${err.message}`));
-          } else {
-            fail(err);
-          }
-        });
-        secure.once('secureConnect', () => {
-          if (!secure.authorized && tlsOpts.connect.rejectUnauthorized) {
-            fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${String(secure.authorizationError)}`));
-            return;
-          }
-          const c = secure.getCipher();
-          succeed({ socket: secure, tls: { version: secure.getProtocol() ?? 'unknown', cipher: c.name }, onread: false });
-        });
+        handshake(raw);
       });
       raw.write(SSL_REQUEST);
     });
+
+    function handshake(raw: net.Socket): void {
+      const secure = tls.connect({ ...tlsOpts.connect, socket: raw });
+      current = secure;
+      secure.once('error', (err: Error) => {
+        // With rejectUnauthorized Node destroys the socket itself on a bad
+        // chain or name (after setting authorizationError), so the check in
+        // 'secureConnect' below never sees those: report them as what they are.
+        if (secure.authorizationError) {
+          fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${err.message}`));
+        } else {
+          fail(err);
+        }
+      });
+      secure.once('secureConnect', () => {
+        if (!secure.authorized && tlsOpts.connect.rejectUnauthorized) {
+          fail(new ServerConnectError('ERR_SERVER_CERT', `server certificate rejected: ${String(secure.authorizationError)}`));
+          return;
+        }
+        if (tlsOpts.direct && secure.alpnProtocol !== ALPN_POSTGRESQL) {
+          // As libpq: a server that did not choose ALPN postgresql may not speak the protocol on this port.
+          fail(new ServerConnectError('ERR_SERVER_NO_ALPN', 'server did not select ALPN protocol postgresql for direct TLS'));
+          return;
+        }
+        const c = secure.getCipher();
+        succeed({ socket: secure, tls: { version: secure.getProtocol() ?? 'unknown', cipher: c.name }, onread: false });
+      });
+    }
   });
 }

@@ -438,7 +438,7 @@ export class Pool {
       (e: Error) => {
         this.#remove(conn);
         conn.destroy();
-        this.#host.log.warn({ pool: this.key, err: e.message }, 'server login failed');
+        this.#host.log.warn({ pool: `${this.target.name}/${this.user}`, err: e.message }, 'server login failed');
         // Every client waiting now would meet the same refusal. The server's
         // own error when it sent one (a role without LOGIN, a database that
         // does not accept connections ...); otherwise Postern could not log
@@ -541,10 +541,12 @@ export class Pool {
   }
 }
 
-/** "database/user", and "@host:port" for one server of a database that has several. */
+/**
+ * One pool per (tenant, database, user, server): NUL separates the parts, so
+ * names that hold '/' or '@' cannot make two pools share a key.
+ */
 function poolKey(target: ServerTarget, user: string): string {
-  const s = target.server ?? null;
-  return s === null ? `${target.name}/${user}` : `${target.name}/${user}@${s}`;
+  return `${target.tenant ?? ''}\u0000${target.name}\u0000${user}\u0000${target.server ?? ''}`;
 }
 
 /** All pools of one Postern instance. */

@@ -61,8 +61,10 @@ export const SV = {
 export type ServerState = (typeof SV)[keyof typeof SV];
 
 export interface ServerTarget {
-  /** The database name clients ask for (the config key). */
+  /** The database as the admin console names it: the config key, "tenant/key" in a tenant. */
   name: string;
+  /** The tenant whose database it is (null: the top-level databases); part of the pool key. */
+  tenant?: string | null;
   host: string;
   port: number;
   /** Database name on the server. */

@@ -27,7 +27,8 @@ export function renderConfigDocs(): string {
     '',
   ];
   let section = '';
-  for (const s of SETTINGS) {
+  const rows = SETTINGS.filter((s) => !s.mirror);
+  for (const s of rows) {
     const top = s.key.split('.')[0] ?? '';
     if (top !== section) {
       section = top;
@@ -37,7 +38,7 @@ export function renderConfigDocs(): string {
     lines.push(
       `| \`${s.key}\` | ${fmtType(s)} | ${fmtDefault(s)} | ${s.reloadable ? 'yes' : 'restart'} | ${doc}${s.secret ? ' (secret: never printed)' : ''} |`,
     );
-    const next = SETTINGS[SETTINGS.indexOf(s) + 1];
+    const next = rows[rows.indexOf(s) + 1];
     if (!next || (next.key.split('.')[0] ?? '') !== section) lines.push('');
   }
   lines.push(

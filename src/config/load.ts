@@ -69,6 +69,13 @@ export function validateConfig(raw: unknown, baseDir: string): LoadResult {
 
 function checkParsed(config: Config, baseDir: string): ConfigProblem[] {
   for (const keyPath of PATH_KEYS) resolvePaths(config as unknown as Record<string, unknown>, keyPath, baseDir);
+  // Paths inside lists: the certificate entries.
+  const lists = [config.tls.certificates, ...Object.values(config.tenants).map((t) => t.certificates)];
+  for (const list of lists)
+    for (const e of list) {
+      if (!isAbsolute(e.cert)) e.cert = resolve(baseDir, e.cert);
+      if (!isAbsolute(e.key)) e.key = resolve(baseDir, e.key);
+    }
   return crossCheck(config);
 }
 
@@ -181,23 +188,74 @@ function crossCheck(c: Config): ConfigProblem[] {
   readable(c.auth.hba_file, 'auth.hba_file', problems);
   readable(c.auth.ident_file, 'auth.ident_file', problems);
   readable(c.auth.users_file, 'auth.users_file', problems);
-  if (Object.keys(c.databases).length === 0) {
+  const tenants = Object.entries(c.tenants);
+  if (Object.keys(c.databases).length === 0 && tenants.length === 0) {
     problems.push({ path: 'databases', message: 'at least one database must be configured' });
   }
-  for (const [name, db] of Object.entries(c.databases)) {
-    if (ADMIN_DATABASES.has(name)) {
-      problems.push({ path: `databases.${name}`, message: `"${name}" is reserved for the admin console` });
+  checkDatabases('databases', c.databases, problems);
+  checkCertificates('tls.certificates', c.tls.certificates, problems);
+  const owner = new Map<string, string>();
+  for (const [name, t] of tenants) {
+    const p = `tenants.${name}`;
+    if (!TENANT_NAME.test(name)) problems.push({ path: p, message: 'a tenant name is letters, digits, _, . and - only' });
+    if (t.server_names === undefined || t.server_names.length === 0)
+      problems.push({ path: `${p}.server_names`, message: 'a tenant needs at least one server name' });
+    for (const n of t.server_names ?? []) {
+      const other = owner.get(n);
+      if (other !== undefined) problems.push({ path: `${p}.server_names`, message: `"${n}" is also a server name of tenant "${other}"` });
+      else owner.set(n, name);
     }
-    const p = `databases.${name}.tls`;
+    checkCertificates(`${p}.certificates`, t.certificates, problems);
+    if (t.passthrough.host !== undefined) {
+      if (Object.keys(t.databases).length > 0)
+        problems.push({ path: `${p}.databases`, message: 'a passthrough tenant is spliced to its server: it has no databases' });
+      if (t.certificates.length > 0)
+        problems.push({
+          path: `${p}.certificates`,
+          message: "a passthrough tenant presents its server's certificate, not one of Postern's",
+        });
+    } else {
+      if (Object.keys(t.databases).length === 0)
+        problems.push({ path: `${p}.databases`, message: 'a tenant needs databases or passthrough' });
+      if (c.tls.cert === undefined && t.certificates.length === 0)
+        problems.push({
+          path: `${p}.certificates`,
+          message: 'a tenant Postern terminates TLS for needs a certificate (tls.cert or certificates)',
+        });
+    }
+    checkDatabases(`${p}.databases`, t.databases, problems);
+  }
+  if (tenants.length > 0 && t.mode === 'disable')
+    problems.push({ path: 'tls.mode', message: 'tenants are chosen by TLS server name: TLS cannot be disabled' });
+  return problems;
+}
+
+const TENANT_NAME = /^[A-Za-z0-9_.-]+$/;
+
+function checkCertificates(path: string, list: Config['tls']['certificates'], problems: ConfigProblem[]): void {
+  list.forEach((e, i) => {
+    readable(e.cert, `${path}.${i}.cert`, problems);
+    readable(e.key, `${path}.${i}.key`, problems);
+  });
+}
+
+function checkDatabases(prefix: string, dbs: Config['databases'], problems: ConfigProblem[]): void {
+  for (const [name, db] of Object.entries(dbs)) {
+    if (ADMIN_DATABASES.has(name)) {
+      problems.push({ path: `${prefix}.${name}`, message: `"${name}" is reserved for the admin console` });
+    }
+    const p = `${prefix}.${name}.tls`;
     if ((db.tls.cert === undefined) !== (db.tls.key === undefined)) {
       problems.push({ path: `${p}.cert`, message: 'cert and key must be given together' });
     }
     if ((db.tls.mode === 'verify-ca' || db.tls.mode === 'verify-full') && db.tls.ca === undefined) {
       problems.push({ path: `${p}.ca`, message: `mode ${db.tls.mode} needs a ca` });
     }
+    if (db.tls.direct && (db.tls.mode === 'disable' || db.tls.mode === 'prefer')) {
+      problems.push({ path: `${p}.direct`, message: `direct TLS needs tls.mode require, verify-ca or verify-full (not ${db.tls.mode})` });
+    }
     readable(db.tls.ca, `${p}.ca`, problems);
     readable(db.tls.cert, `${p}.cert`, problems);
     readable(db.tls.key, `${p}.key`, problems);
   }
-  return problems;
 }

@@ -27,6 +27,10 @@ export interface Setting {
   /** Never printed: redacted in logs, SHOW CONFIG and errors. */
   secret?: boolean;
   doc: string;
+  /** A copy of a databases.* row under tenants.*.databases.* (documented once, as `tenants.*.databases`). */
+  mirror?: boolean;
+  /** Documents keys that other rows define (not a setting of its own). */
+  docOnly?: boolean;
 }
 
 const port = z.number().int().min(0).max(65535);
@@ -66,6 +70,19 @@ const replicaLag = z.union([z.number(), z.string()]).transform((v, ctx): Replica
   return z.NEVER;
 });
 
+/** A TLS server name pattern: an exact host name or `*.suffix`. */
+const serverNamePattern = z
+  .string()
+  .regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/, 'a host name, or *.suffix')
+  .transform((v) => v.toLowerCase());
+const serverNames = z
+  .union([z.array(z.string()), z.string()])
+  .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((x) => x.trim()).filter((x) => x !== ''))
+  .pipe(z.array(serverNamePattern));
+
+/** One entry of tls.certificates / tenants.*.certificates. */
+const certificateEntry = z.strictObject({ server_names: serverNames.optional(), cert: path, key: path });
+const certificateList = z.array(certificateEntry);
 function row(key: string, kind: SettingKind, schema: z.ZodType, def: unknown, reloadable: boolean, doc: string): Setting {
   return def === undefined ? { key, kind, schema, reloadable, doc } : { key, kind, schema, default: def, reloadable, doc };
 }
@@ -85,16 +102,16 @@ export const SETTINGS: readonly Setting[] = [
     'path',
     path,
     undefined,
-    false,
-    'Server certificate (PEM) shown to clients; may hold a chain (leaf first, then intermediates).',
+    true,
+    'Server certificate (PEM) shown to clients that send no TLS server name (SNI) or one no entry of `tls.certificates` (or of their tenant) matches; may hold a chain (leaf first, then intermediates). Reloaded (with every certificate, key and CA file) on SIGHUP and RELOAD: new handshakes use the new files, open sessions keep theirs; files that do not load, or a key that does not match its certificate, are refused and the old ones stay.',
   ),
-  row('tls.key', 'path', path, undefined, false, 'Private key (PEM) of `tls.cert`.'),
+  row('tls.key', 'path', path, undefined, true, 'Private key (PEM) of `tls.cert`.'),
   row(
     'tls.ca',
     'path',
     path,
     undefined,
-    false,
+    true,
     'CA bundle (PEM) that client certificates must chain to; required for `verify-ca` and `verify-full`.',
   ),
   row(
@@ -112,6 +129,22 @@ export const SETTINGS: readonly Setting[] = [
     false,
     false,
     'Accept TLS-first (direct) connections that send no ALPN. Direct TLS with ALPN `postgresql` is always accepted; a wrong ALPN is always refused.',
+  ),
+  row(
+    'tls.certificates',
+    'list',
+    certificateList,
+    [],
+    true,
+    'More certificates, picked by the TLS server name (SNI) the client sends: a list of `{ server_names, cert, key }`; `server_names` holds exact names and `*.suffix` wildcards (one label). An exact name wins over a wildcard, a wildcard over the default `tls.cert`. SCRAM channel binding uses the certificate actually presented. See docs/tls.md.',
+  ),
+  row(
+    'tls.watch',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    'Also reload the TLS files (client side, server side and admin) when they change on disk (checked every second, symlink swaps included), as SIGHUP would.',
   ),
   row('tls.min_version', 'enum', z.enum(['TLSv1.2', 'TLSv1.3']), 'TLSv1.2', false, 'Lowest TLS version accepted from clients.'),
   row(
@@ -226,6 +259,14 @@ export const SETTINGS: readonly Setting[] = [
     undefined,
     true,
     'Name sent as SNI and checked by `verify-full`. Default: `host`.',
+  ),
+  row(
+    'databases.*.tls.direct',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    'Open TLS at once (PostgreSQL 17 direct TLS, ALPN `postgresql`) instead of sending an SSLRequest first: one round trip less per server connection. The server must accept direct TLS (PostgreSQL 17+, or another Postern); needs `tls.mode` `require`, `verify-ca` or `verify-full`.',
   ),
 
   row(
@@ -571,6 +612,50 @@ export const SETTINGS: readonly Setting[] = [
     'Most query shapes tracked, each per (fingerprint, database, user, application_name); beyond it the least used are evicted.',
   ),
   row(
+    'tenants.*.server_names',
+    'list',
+    serverNames,
+    undefined,
+    true,
+    'The TLS server names (SNI) of this tenant: exact host names and `*.suffix` wildcards (one label). A client whose SNI matches (an exact name before any wildcard, the longest wildcard first) is served from this tenant only; a client with no SNI or one that matches no tenant is served from the top-level `databases`. See docs/tls.md.',
+  ),
+  {
+    ...row(
+      'tenants.*.databases',
+      'list',
+      z.unknown(),
+      undefined,
+      true,
+      "This tenant's databases: the same keys as the top-level `databases.*` (e.g. `tenants.acme.databases.app.host`). Two tenants may both have a database `app`; their pools, servers and credentials never mix.",
+    ),
+    docOnly: true,
+  },
+  row(
+    'tenants.*.certificates',
+    'list',
+    certificateList,
+    [],
+    true,
+    "Certificates of this tenant, as `tls.certificates`; `server_names` defaults to the tenant's. Picked by SNI together with `tls.certificates` (exact names first, then wildcards, then `tls.cert`).",
+  ),
+  row(
+    'tenants.*.passthrough.host',
+    'string',
+    z.string().min(1),
+    undefined,
+    true,
+    "Pass this tenant's TLS through, unopened, to this server: Postern reads only the server name of the ClientHello and splices the client to the server (after an SSLRequest of its own to it), so the client checks the server's certificate and SCRAM channel binding works end to end. Such sessions count in limits, metrics, the audit log and SHOW CLIENTS, but are never pooled, routed by database or inspected; `databases` of the tenant are then not used.",
+  ),
+  row('tenants.*.passthrough.port', 'int', port, 5432, true, 'Port of the passthrough server.'),
+  row(
+    'tenants.*.passthrough.direct',
+    'bool',
+    z.boolean(),
+    false,
+    true,
+    'The passthrough server accepts direct TLS (PostgreSQL 17+): a direct-TLS client is spliced at once. Unset: Postern sends the server an SSLRequest first, for in-band and direct-TLS clients alike.',
+  ),
+  row(
     'audit.file',
     'path',
     path,
@@ -588,6 +673,15 @@ export const SETTINGS: readonly Setting[] = [
   ),
 ];
 
+// tenants.*.databases.* takes every databases.* key: its rows are copies (the
+// tenant's row above documents them once).
+{
+  const rows = SETTINGS as Setting[];
+  const at = rows.findIndex((r) => r.key === 'tenants.*.databases');
+  const copies = rows.filter((r) => r.key.startsWith('databases.*.')).map((r) => ({ ...r, key: `tenants.*.${r.key}`, mirror: true }));
+  rows.splice(at + 1, 0, ...copies);
+}
+
 /** Settings whose key marks them secret, for redaction. */
 export const SECRET_KEYS: ReadonlySet<string> = new Set(SETTINGS.filter((s) => s.secret).map((s) => s.key));
 
@@ -599,6 +693,7 @@ interface Node {
 function buildTree(): Node {
   const root: Node = { children: new Map() };
   for (const s of SETTINGS) {
+    if (s.docOnly) continue;
     let n = root;
     for (const part of s.key.split('.')) {
       let c = n.children.get(part);
@@ -675,7 +770,21 @@ export interface DatabaseConfig {
   dbname?: string;
   server_user?: string;
   server_password?: string;
-  tls: { mode: TlsServerMode; ca?: string; cert?: string; key?: string; server_name?: string };
+  tls: { mode: TlsServerMode; ca?: string; cert?: string; key?: string; server_name?: string; direct: boolean };
+}
+
+/** A certificate picked by SNI (tls.certificates, tenants.*.certificates). */
+export interface CertificateEntry {
+  server_names?: string[];
+  cert: string;
+  key: string;
+}
+
+export interface TenantConfig {
+  server_names?: string[];
+  databases: Record<string, DatabaseConfig>;
+  certificates: CertificateEntry[];
+  passthrough: { host?: string; port: number; direct: boolean };
 }
 
 export interface Config {
@@ -688,8 +797,11 @@ export interface Config {
     direct_without_alpn: boolean;
     min_version: 'TLSv1.2' | 'TLSv1.3';
     ciphers?: string;
+    certificates: CertificateEntry[];
+    watch: boolean;
   };
   databases: Record<string, DatabaseConfig>;
+  tenants: Record<string, TenantConfig>;
   users: Record<string, { server_user?: string; server_password?: string; pool_mode?: PoolMode }>;
   pool: PoolConfig;
   auth: {

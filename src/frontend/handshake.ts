@@ -17,9 +17,13 @@ import { BAD_LENGTH, NEED_MORE, startupFrame } from '../protocol/framer.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { decodeStartup, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation } from '../protocol/violation.ts';
+import { anyPassthrough, type TenantMatch, tenantFor } from '../routing/tenants.ts';
+import { HELLO_INVALID, HELLO_NEED_MORE, MAX_HELLO, readClientHello } from '../tls/client-hello.ts';
 import { ALPN_POSTGRESQL } from '../tls/contexts.ts';
 
 const BYTE_S = Buffer.from('S');
+/** A fatal TLS alert record, no_application_protocol (120): what OpenSSL sends a direct client without ALPN `postgresql`. */
+const ALERT_NO_APPLICATION_PROTOCOL = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78]);
 const BYTE_N = Buffer.from('N');
 const TLS_HANDSHAKE_RECORD = 0x16;
 
@@ -29,6 +33,22 @@ export interface TlsInfo {
   /** TLS-first (PostgreSQL 17 direct TLS) rather than after an SSLRequest. */
   direct: boolean;
   alpn: string | false;
+  /** The TLS server name (SNI) the client sent; null when none. */
+  serverName: string | null;
+  /** Passed through to a server unopened (a passthrough tenant): version and cipher are not known. */
+  passthrough: boolean;
+}
+
+/** A client of a passthrough tenant: its ClientHello, read but not answered, and where its TLS goes. */
+export interface PassthroughStart {
+  tenant: string;
+  serverName: string;
+  /** TLS-first client (no SSLRequest of its own). */
+  direct: boolean;
+  /** The bytes read so far (the ClientHello and anything after it), to be forwarded first. */
+  hello: Buffer;
+  to: { host: string; port: number; direct: boolean };
+  tls: TlsInfo;
 }
 
 /** A startup packet, protocol 3.x, with a user name. */
@@ -41,6 +61,8 @@ export interface Startup {
   params: Map<string, string>;
   user: string;
   database: string;
+  /** The tenant chosen by the TLS server name; null: the top-level databases. */
+  tenant: string | null;
   /** Bytes that came after the startup packet in the same read (a pipelining client). */
   early: Buffer;
 }
@@ -57,9 +79,16 @@ export interface HandshakeHost {
   secured(sock: tls.TLSSocket, info: TlsInfo): void;
   /** The startup packet. */
   startup(s: Startup): void;
+  /** A passthrough tenant's client: the link takes the raw socket from here. */
+  passthrough(p: PassthroughStart): void;
 }
 
-export const HANDSHAKE = { Negotiating: 'negotiating', TlsHandshake: 'tls_handshake', Done: 'done' } as const;
+export const HANDSHAKE = {
+  Negotiating: 'negotiating',
+  ReadingHello: 'reading_hello',
+  TlsHandshake: 'tls_handshake',
+  Done: 'done',
+} as const;
 export type HandshakeState = (typeof HANDSHAKE)[keyof typeof HANDSHAKE];
 
 export class Handshake {
@@ -72,7 +101,11 @@ export class Handshake {
   #sslTried = false;
   #gssTried = false;
   #tls: TlsInfo | null = null;
+  #tenant: TenantMatch | null = null;
   #state: HandshakeState = HANDSHAKE.Negotiating;
+  /** The ClientHello read so far (passthrough tenants configured); whether it came TLS-first. */
+  #hello: Buffer | null = null;
+  #helloDirect = false;
 
   constructor(host: HandshakeHost, raw: net.Socket) {
     this.#host = host;
@@ -106,9 +139,14 @@ export class Handshake {
   }
 
   #data(chunk: Buffer): void {
+    if (this.#state === HANDSHAKE.ReadingHello) {
+      this.#helloData(chunk);
+      return;
+    }
     if (this.#state !== HANDSHAKE.Negotiating) return;
     if (this.#buf === null && this.#tls === null && !this.#sslTried && !this.#gssTried && chunk[0] === TLS_HANDSHAKE_RECORD) {
-      this.#beginTls(true, chunk);
+      if (anyPassthrough(this.#ctx.config)) this.#readHello(true, chunk);
+      else this.#beginTls(true, chunk);
       return;
     }
     const buf = this.#buf === null ? chunk : Buffer.concat([this.#buf, chunk]);
@@ -173,6 +211,12 @@ export class Handshake {
     }
     if (ssl) {
       this.#sslTried = true;
+      if (anyPassthrough(this.#ctx.config)) {
+        // Whose TLS it is (Postern's or a passthrough server's) is in the ClientHello that comes next.
+        this.#raw.write(BYTE_S);
+        this.#readHello(false, null);
+        return;
+      }
       if (this.#ctx.clientTls !== null) {
         this.#raw.write(BYTE_S);
         this.#beginTls(false, null);
@@ -181,6 +225,69 @@ export class Handshake {
     } else this.#gssTried = true;
     this.#host.debug({ request: ssl ? 'ssl' : 'gssenc' }, 'answered N');
     this.#raw.write(BYTE_N);
+  }
+
+  /** Passthrough tenants are configured: the ClientHello is read (not answered) to learn its server name first. */
+  #readHello(direct: boolean, first: Buffer | null): void {
+    this.#state = HANDSHAKE.ReadingHello;
+    this.#helloDirect = direct;
+    this.#hello = null;
+    if (first !== null) this.#helloData(first);
+  }
+
+  #helloData(chunk: Buffer): void {
+    const buf = this.#hello === null ? chunk : Buffer.concat([this.#hello, chunk]);
+    const hello = readClientHello(buf);
+    if (hello === HELLO_NEED_MORE && buf.length <= MAX_HELLO + 64) {
+      this.#hello = Buffer.from(buf);
+      return;
+    }
+    this.#hello = null;
+    if (hello === HELLO_NEED_MORE || hello === HELLO_INVALID) {
+      // Not a ClientHello Postern can read: OpenSSL answers it (with an alert) if Postern has TLS at all.
+      this.#state = HANDSHAKE.Negotiating;
+      this.#beginTls(this.#helloDirect, buf);
+      return;
+    }
+    const match = tenantFor(this.#ctx.config, hello.serverName);
+    const to = match?.tenant.passthrough;
+    if (match === null || to?.host === undefined || hello.serverName === null) {
+      this.#state = HANDSHAKE.Negotiating;
+      this.#beginTls(this.#helloDirect, buf);
+      return;
+    }
+    if (this.#helloDirect && !this.#alpnAccepted(hello.alpn)) {
+      // The server would never see this client's ALPN checked: refuse it here, as PostgreSQL 17 does.
+      this.stop();
+      this.#ctx.count(this.#ctx.stats.tlsHandshakes, 'none/fail');
+      this.#host.debug({ server_name: hello.serverName, alpn: hello.alpn }, 'direct TLS without ALPN postgresql refused');
+      this.#raw.end(ALERT_NO_APPLICATION_PROTOCOL);
+      return;
+    }
+    this.stop();
+    this.#raw.removeListener('data', this.#onData);
+    this.#raw.pause();
+    this.#host.passthrough({
+      tenant: match.name,
+      serverName: hello.serverName,
+      direct: this.#helloDirect,
+      hello: buf,
+      to: { host: to.host, port: to.port, direct: to.direct },
+      tls: {
+        version: '',
+        cipher: '',
+        direct: this.#helloDirect,
+        alpn: hello.alpn?.join(',') ?? false,
+        serverName: hello.serverName,
+        passthrough: true,
+      },
+    });
+  }
+
+  /** A direct-TLS client's ALPN list is acceptable: it offers `postgresql`, or offers none and tls.direct_without_alpn allows that. */
+  #alpnAccepted(alpn: string[] | null): boolean {
+    if (alpn === null) return this.#ctx.config.tls.direct_without_alpn;
+    return alpn.includes(ALPN_POSTGRESQL);
   }
 
   #beginTls(direct: boolean, pending: Buffer | null): void {
@@ -193,7 +300,7 @@ export class Handshake {
       return;
     }
     this.#state = HANDSHAKE.TlsHandshake;
-    this.#tls = { version: '', cipher: '', direct, alpn: false };
+    this.#tls = { version: '', cipher: '', direct, alpn: false, serverName: null, passthrough: false };
     const raw = this.#raw;
     raw.removeListener('data', this.#onData);
     raw.pause();
@@ -213,10 +320,15 @@ export class Handshake {
     info.version = sock.getProtocol() ?? 'unknown';
     info.cipher = sock.getCipher().name;
     info.alpn = sock.alpnProtocol ?? false;
+    info.serverName = typeof sock.servername === 'string' && sock.servername !== '' ? sock.servername.toLowerCase() : null;
+    this.#tenant = tenantFor(this.#ctx.config, info.serverName);
     this.#ctx.count(this.#ctx.stats.tlsHandshakes, `${info.version}/ok`);
     this.#sock = sock;
     this.#host.secured(sock, info);
-    this.#host.debug({ tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn }, 'TLS established');
+    this.#host.debug(
+      { tls: info.version, cipher: info.cipher, direct: info.direct, alpn: info.alpn, server_name: info.serverName },
+      'TLS established',
+    );
     this.#state = HANDSHAKE.Negotiating;
     if (info.direct && info.alpn !== ALPN_POSTGRESQL && !this.#ctx.config.tls.direct_without_alpn) {
       this.stop();
@@ -268,6 +380,7 @@ export class Handshake {
       params,
       user,
       database: params.get('database') || user,
+      tenant: this.#tenant?.name ?? null,
       early: early.length > 0 ? Buffer.from(early) : Buffer.alloc(0),
     });
   }

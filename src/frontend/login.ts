@@ -13,6 +13,7 @@ import type tls from 'node:tls';
 import { type AuthOutcome, ClientAuthExchange, type PasswordMethod } from '../auth/client-auth.ts';
 import { type HbaMatchInput, type HbaRule, matchHba, noMatchMessage, rejectMessage } from '../auth/hba.ts';
 import { certAllows } from '../auth/ident.ts';
+import { tlsServerEndPoint } from '../auth/scram.ts';
 import type { StoredSecret } from '../auth/secrets.ts';
 import { ADMIN_DATABASES } from '../config/load.ts';
 import type { Context } from '../context.ts';
@@ -22,7 +23,8 @@ import { FE, LATEST_MINOR } from '../protocol/codes.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import { ProtocolViolation } from '../protocol/violation.ts';
 import { LOOKUP_FAILED, lookupSecret } from '../routing/lookup.ts';
-import { databaseEntry, type LoginCredentials } from '../routing/router.ts';
+import { databaseEntry, type LoginCredentials, scopedLabel } from '../routing/router.ts';
+import { presentedLeaf } from '../tls/contexts.ts';
 import type { Startup } from './handshake.ts';
 
 export type LoginResult =
@@ -110,11 +112,12 @@ export class Login {
         return false;
       }
     }
-    if (!this.admin && databaseEntry(this.#ctx, database) === null) {
+    const tenant = this.#s.tenant;
+    if (!this.admin && databaseEntry(this.#ctx, database, tenant) === null) {
       this.#host.fatal(SQLSTATE.InvalidCatalogName, `database "${database}" does not exist`);
       return false;
     }
-    if (this.#ctx.pools.isDisabled(database)) {
+    if (this.#ctx.pools.isDisabled(scopedLabel(tenant, database))) {
       this.#host.fatal(
         SQLSTATE.ConnectionFailure,
         `database "${database}" does not allow connections`,
@@ -215,12 +218,19 @@ export class Login {
       method,
       user: this.#s.user,
       secret,
-      channelBinding: input.ssl ? this.#ctx.channelBinding : null,
+      channelBinding: this.#channelBinding(),
     });
     this.#exchange = exchange;
     const first = await exchange.start();
     if (this.#host.closed()) return;
     this.#host.send(first);
+  }
+
+  /** tls-server-end-point data of the certificate this client was shown (SCRAM-SHA-256-PLUS); null without TLS. */
+  #channelBinding(): Buffer | null {
+    if (this.#s.tls === null) return null;
+    const leaf = presentedLeaf(this.#s.socket as tls.TLSSocket);
+    return leaf === null ? null : tlsServerEndPoint(leaf);
   }
 
   /** Admin console: only users listed in admin.users or admin.stats_users; sends the FATAL itself otherwise. */

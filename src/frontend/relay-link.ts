@@ -134,9 +134,9 @@ export class RelayLink implements ServerLink {
   /** Opens the server connection with the client's own startup; the client is held until the server is there. */
   start(): void {
     const routing = routingOf(this.#ctx);
-    const target = routing.targetFor(this.#s.database);
+    const target = routing.targetFor(this.#s.database, this.#s.tenant);
     if (target === null) {
-      const set = routing.hostSet(this.#s.database);
+      const set = routing.hostSet(this.#s.database, this.#s.tenant);
       if (set === null) this.#host.fatal(SQLSTATE.InvalidCatalogName, `database "${this.#s.database}" does not exist`);
       else
         this.#host.fatal(

@@ -29,11 +29,12 @@ import { FE, frontendLimits, LATEST_MINOR, TX, typeTable, VALID_FRONTEND } from 
 import { type FrameSink, MessageStream } from '../protocol/framer.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
 import type { ViolationKind } from '../protocol/violation.ts';
-import { databaseEntry, poolFor, route, routingOf, serverSecret } from '../routing/router.ts';
+import { databaseEntry, poolFor, route, routingOf, scopedLabel, serverSecret } from '../routing/router.ts';
 import type { TrafficStats } from '../stats/registry.ts';
 import { AdminLink } from './admin-link.ts';
-import { Handshake, type HandshakeHost, type Startup, type TlsInfo } from './handshake.ts';
+import { Handshake, type HandshakeHost, type PassthroughStart, type Startup, type TlsInfo } from './handshake.ts';
 import { Login, type LoginHost, type LoginResult } from './login.ts';
+import { PassthroughLink } from './passthrough-link.ts';
 import { type LinkShell, PooledLink } from './pooled-link.ts';
 import { type RelayHost, RelayLink } from './relay-link.ts';
 import { StatementHook } from './statement-hook.ts';
@@ -84,6 +85,9 @@ export class ClientSession implements SessionHandle {
   #relay: RelayLink | null = null;
   #pooled: PooledLink | null = null;
   #admin: AdminLink | null = null;
+  #passthrough: PassthroughLink | null = null;
+  /** The passthrough tenant's name (a passthrough session has no startup packet). */
+  #passTenant: string | null = null;
   #loginTimer: NodeJS.Timeout | null;
   #startup: Startup | null = null;
   #stream: MessageStream | null = null;
@@ -190,7 +194,55 @@ export class ClientSession implements SessionHandle {
       destroy: () => this.#destroy(),
       secured: (sock, info) => this.#onSecured(sock, info),
       startup: (s) => this.#onStartup(s),
+      passthrough: (p) => this.#onPassthrough(p),
     };
+  }
+
+  /** A passthrough tenant's client: spliced to its server unopened, still counted and listed. */
+  #onPassthrough(p: PassthroughStart): void {
+    this.#handshake = null;
+    this.#tls = p.tls;
+    this.#passTenant = p.tenant;
+    if (this.#overLimit) {
+      // Inside its TLS handshake the client could read no ErrorResponse: refused by closing, and logged.
+      this.log.info({ tenant: p.tenant, limit: 'max_client_conn' }, 'passthrough client refused: too many clients');
+      this.#ctx.count(this.#ctx.stats.loginFailures, 'too_many_clients');
+      this.#destroy();
+      return;
+    }
+    this.#state = STATE.Connecting;
+    const stats = this.#ctx.stats.passthrough;
+    const add = (k: string, n: number) => stats.set(k, (stats.get(k) ?? 0) + n);
+    const link = new PassthroughLink(
+      {
+        ctx: this.#ctx,
+        log: this.log,
+        debug: (o, m) => this.#debug(o, m),
+        received: (n) => {
+          this.bytesIn += n;
+          this.#lastClientActivity = Date.now();
+          add(`${p.tenant}/received_bytes`, n);
+        },
+        sent: (n) => {
+          this.bytesOut += n;
+          add(`${p.tenant}/sent_bytes`, n);
+        },
+        active: () => {
+          this.#clearLoginTimer();
+          this.#state = STATE.Active;
+          this.#loginOutcome = { ok: true, reason: null };
+          this.authMethod = 'tls-passthrough';
+          add(`${p.tenant}/sessions`, 1);
+        },
+        destroy: () => this.#destroy(),
+        close: () => this.#close(),
+        internalError: (e) => this.#internalError(e),
+      },
+      this.#raw,
+      p,
+    );
+    this.#passthrough = link;
+    link.start();
   }
 
   #onSecured(sock: tls.TLSSocket, info: TlsInfo): void {
@@ -271,7 +323,7 @@ export class ClientSession implements SessionHandle {
         this.#relay.start();
         return;
       case 'pooled': {
-        const to = route(this.#ctx, s.database, s.user);
+        const to = route(this.#ctx, s.database, s.user, s.tenant);
         if (to === null) {
           this.#fatal(SQLSTATE.InvalidCatalogName, `database "${s.database}" does not exist`);
           return;
@@ -292,7 +344,7 @@ export class ClientSession implements SessionHandle {
           return;
         }
         const pool = poolFor(this.#ctx, to, serverSecret(to, s.user, r.creds));
-        this.#traffic = this.#ctx.stats.traffic(s.database, s.user);
+        this.#traffic = this.#ctx.stats.traffic(to.label, s.user);
         this.#state = STATE.Connecting;
         // No server is needed until the first query, in every mode (as in
         // PgBouncer), once this pool has checked the client's startup settings.
@@ -579,7 +631,8 @@ export class ClientSession implements SessionHandle {
   tick(now: number): void {
     if (this.#state !== STATE.Active || this.#pooled === null) return;
     try {
-      if (this.#pooled.betweenTransactions && databaseEntry(this.#ctx, this.database) === null) {
+      const s = this.#startup as Startup;
+      if (this.#pooled.betweenTransactions && databaseEntry(this.#ctx, s.database, s.tenant) === null) {
         // Its database left the config (a reload): ended once its transaction is over.
         this.#logFor(null).info({ database: this.database }, 'database removed from the config; closing the session');
         this.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
@@ -653,6 +706,7 @@ export class ClientSession implements SessionHandle {
     this.#pooled?.close();
     this.#stream?.kill();
     this.#relay?.close(clientAtBoundary);
+    this.#passthrough?.close();
     const client = this.#client;
     // What is joined goes out before the end; a write after it is the socket's error, as before.
     this.#out.end();
@@ -663,7 +717,12 @@ export class ClientSession implements SessionHandle {
     if (client !== this.#raw && !this.#raw.destroyed) setTimeout(() => this.#raw.destroy(), 5000).unref();
     this.#admin?.close();
     this.#debug({ bytesIn: this.bytesIn, bytesOut: this.bytesOut, ms: Date.now() - this.startedAt }, 'session closed');
-    if (this.#startup !== null) this.#ctx.audit?.session(this.#auditRecord());
+    if (this.#passTenant !== null && this.#passthrough?.spliced === true) {
+      const k = `${this.#passTenant}/seconds`;
+      const stats = this.#ctx.stats.passthrough;
+      stats.set(k, (stats.get(k) ?? 0) + (Date.now() - this.startedAt) / 1000);
+    }
+    if (this.#startup !== null || this.#passthrough !== null) this.#ctx.audit?.session(this.#auditRecord());
   }
 
   /** Immediate close without a goodbye. */
@@ -680,7 +739,17 @@ export class ClientSession implements SessionHandle {
       client: this.id,
       addr: this.#raw.remoteAddress ?? null,
       port: this.#raw.remotePort ?? null,
-      tls: this.#tls === null ? null : { version: this.#tls.version, cipher: this.#tls.cipher, direct: this.#tls.direct },
+      tls:
+        this.#tls === null
+          ? null
+          : {
+              version: this.#tls.version,
+              cipher: this.#tls.cipher,
+              direct: this.#tls.direct,
+              server_name: this.#tls.serverName,
+              passthrough: this.#tls.passthrough,
+            },
+      tenant: this.tenant,
       auth_method: this.authMethod || this.#login?.method || null,
       outcome: this.#loginOutcome === null ? 'incomplete' : this.#loginOutcome.ok ? 'ok' : 'fail',
       reason: this.#loginOutcome?.reason ?? null,
@@ -718,7 +787,7 @@ export class ClientSession implements SessionHandle {
       requestTime: this.#requestAt,
       waitingSince: pooled?.waitSince ?? 0,
       pid: this.#pid,
-      tls: this.#tls === null ? '' : `${this.#tls.version}/${this.#tls.cipher}`,
+      tls: this.#tls === null ? '' : this.#tls.passthrough ? 'passthrough' : `${this.#tls.version}/${this.#tls.cipher}`,
       applicationName: this.applicationName,
       poolKey: pooled?.pool.key ?? null,
       admin: this.#admin !== null,
@@ -728,11 +797,21 @@ export class ClientSession implements SessionHandle {
       bytesIn: this.bytesIn,
       server: this.#server(),
       relayed: this.#relay !== null && this.#relay.server !== null,
+      tenant: this.tenant,
+      serverName: this.#tls?.serverName ?? null,
+      tlsRoute: this.#tls === null ? 'plain' : this.#tls.passthrough ? 'passthrough' : 'terminated',
     };
   }
 
+  /** The tenant chosen by the client's TLS server name; null: the top-level databases. */
+  get tenant(): string | null {
+    return this.#startup?.tenant ?? this.#passTenant;
+  }
+
+  /** The database as logs, stats and the admin console name it ("tenant/name" in a tenant). */
   get database(): string {
-    return this.#startup?.database ?? '';
+    const s = this.#startup;
+    return s === null ? '' : scopedLabel(s.tenant, s.database);
   }
   get user(): string {
     return this.#startup?.user ?? '';

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Dashboard } from '../admin/dashboard.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
 import type { DatabaseConfig } from '../config/schema.ts';
@@ -76,6 +77,23 @@ export class AdminHttp {
         ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
         : http.createServer(handler);
     this.#server.keepAliveTimeout = 5000;
+  }
+
+  /** admin.tls files that do not load (a key that is not the certificate's): the problem; null when they load. */
+  checkTls(t: { cert?: string; key?: string }): { path: string; message: string } | null {
+    if (t.cert === undefined || t.key === undefined) return null;
+    try {
+      tls.createSecureContext({ cert: readFileSync(t.cert), key: readFileSync(t.key) });
+      return null;
+    } catch (e) {
+      return { path: 'admin.tls', message: (e as NodeJS.ErrnoException).code ?? (e as Error).message.split('\n')[0] ?? 'does not load' };
+    }
+  }
+
+  /** New admin.tls files for the next HTTPS handshakes (checked first with checkTls); plain HTTP stays plain until a restart. */
+  replaceTls(t: { cert?: string; key?: string }): void {
+    if (!(this.#server instanceof https.Server) || t.cert === undefined || t.key === undefined) return;
+    this.#server.setSecureContext({ cert: readFileSync(t.cert), key: readFileSync(t.key) });
   }
 
   /** The dashboard's live streams now open (tests, docs). */

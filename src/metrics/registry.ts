@@ -46,6 +46,16 @@ function split2(map: Record<string, number>, a: string, b: string): Sample[] {
   });
 }
 
+/** One of the passthrough counters (`tenant/what`) by tenant. */
+function passthroughSamples(s: Snapshot, what: string): Sample[] {
+  const out: Sample[] = [];
+  for (const [k, value] of Object.entries(s.counters.passthrough)) {
+    const i = k.lastIndexOf('/');
+    if (k.slice(i + 1) === what) out.push({ labels: { tenant: k.slice(0, i) }, value });
+  }
+  return out;
+}
+
 function byOne(map: Record<string, number>, label: string): Sample[] {
   return Object.entries(map).map(([k, value]) => ({ labels: { [label]: k }, value }));
 }
@@ -136,6 +146,36 @@ export const METRICS: readonly MetricDef[] = [
       for (const st of ['login', 'waiting', 'active', 'idle']) if (!m.has(st)) m.set(st, 0);
       return [...m].map(([state, value]) => ({ labels: { state }, value }));
     },
+  },
+  {
+    name: 'postern_tenant_clients',
+    help: 'Client connections by tenant (chosen by TLS server name; "" for the top-level databases) and TLS route: plain, terminated (by Postern) or passthrough (spliced to the server unopened).',
+    type: 'gauge',
+    samples: (s) => split2(Object.fromEntries(countBy(s.clients, (c) => `${c.tenant ?? ''}/${c.tls_route}`)), 'tenant', 'tls'),
+  },
+  {
+    name: 'postern_passthrough_sessions_total',
+    help: 'Sessions of passthrough tenants spliced to their server.',
+    type: 'counter',
+    samples: (s) => passthroughSamples(s, 'sessions'),
+  },
+  {
+    name: 'postern_passthrough_received_bytes_total',
+    help: 'Bytes passthrough clients sent (forwarded to their server unopened).',
+    type: 'counter',
+    samples: (s) => passthroughSamples(s, 'received_bytes'),
+  },
+  {
+    name: 'postern_passthrough_sent_bytes_total',
+    help: 'Bytes sent to passthrough clients (from their server, unopened).',
+    type: 'counter',
+    samples: (s) => passthroughSamples(s, 'sent_bytes'),
+  },
+  {
+    name: 'postern_passthrough_session_seconds_total',
+    help: 'Total duration of ended passthrough sessions.',
+    type: 'counter',
+    samples: (s) => passthroughSamples(s, 'seconds'),
   },
   {
     name: 'postern_servers',

@@ -105,7 +105,7 @@ export class HealthChecker {
       if (cfg.health.password !== undefined) secret.password = cfg.health.password;
       return { user: cfg.health.user, secret };
     }
-    const set = this.#routing.hostSet(h.database);
+    const set = this.#routing.hostSet(h.name, h.tenant);
     const db = set?.db;
     if (db?.server_user !== undefined && db.server_password !== undefined)
       return { user: db.server_user, secret: { password: db.server_password } };

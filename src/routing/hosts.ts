@@ -56,8 +56,14 @@ export class Host {
   lastCheck = 0;
   lastError: string | null = null;
 
-  constructor(database: string, target: ServerTarget) {
+  /** The database name within its scope, and the scope (see router.ts). */
+  readonly name: string;
+  readonly tenant: string | null;
+
+  constructor(database: string, target: ServerTarget, name = database, tenant: string | null = null) {
     this.database = database;
+    this.name = name;
+    this.tenant = tenant;
     this.target = target;
     this.addr = target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
   }
@@ -106,8 +112,14 @@ export class HostSet {
   db: DatabaseConfig;
   #next = 0;
 
-  constructor(database: string, db: DatabaseConfig, hosts: Host[]) {
+  /** The database name within its scope, and the scope (see router.ts); `database` is the label. */
+  readonly name: string;
+  readonly tenant: string | null;
+
+  constructor(database: string, db: DatabaseConfig, hosts: Host[], name = database, tenant: string | null = null) {
     this.database = database;
+    this.name = name;
+    this.tenant = tenant;
     this.db = db;
     this.hosts = hosts;
   }

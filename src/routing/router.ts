@@ -21,9 +21,26 @@ import { Host, HostSet, NEED, type Need, type WriteMark } from './hosts.ts';
 /** The entry that serves any database name not listed (PgBouncer's `*`). */
 export const WILDCARD = '*';
 
+/** Where a client's database names are looked up: a tenant's databases (chosen by TLS server name), or the top-level ones (null). */
+export type Scope = string | null;
+
+/** A database as logs, the admin console and metrics name it: "tenant/database" in a tenant, the bare name at the top level. */
+export function scopedLabel(tenant: Scope, database: string): string {
+  return tenant === null ? database : `${tenant}/${database}`;
+}
+
+/** The key of a database within its scope (tenant names have no NUL, so no two scopes share one). */
+function scopedKey(tenant: Scope, database: string): string {
+  return tenant === null ? database : `${tenant}\u0000${database}`;
+}
+
 export interface Route {
   /** The database name the client asked for. */
   database: string;
+  /** Its tenant (null: the top-level databases). */
+  tenant: Scope;
+  /** scopedLabel(tenant, database). */
+  label: string;
   db: DatabaseConfig;
   /** The servers of that database. */
   hosts: HostSet;
@@ -36,23 +53,30 @@ export interface Route {
   password?: string;
 }
 
-/** The database entry for a name: its own, else the wildcard's; null when neither exists. */
-export function databaseEntry(ctx: Context, database: string): DatabaseConfig | null {
-  const dbs = ctx.config.databases;
+/** The databases of a scope: a tenant's (none when the tenant left the config), or the top-level ones. */
+export function scopeDatabases(ctx: Context, tenant: Scope): Record<string, DatabaseConfig> {
+  return tenant === null ? ctx.config.databases : (ctx.config.tenants[tenant]?.databases ?? {});
+}
+
+/** The database entry for a name in a scope: its own, else the wildcard's; null when neither exists. */
+export function databaseEntry(ctx: Context, database: string, tenant: Scope = null): DatabaseConfig | null {
+  const dbs = scopeDatabases(ctx, tenant);
   return dbs[database] ?? (database !== WILDCARD ? dbs[WILDCARD] : undefined) ?? null;
 }
 
-/** Where a client of `database` as `user` goes; null when no such database is configured. */
-export function route(ctx: Context, database: string, user: string): Route | null {
+/** Where a client of `database` (in `tenant`) as `user` goes; null when no such database is configured. */
+export function route(ctx: Context, database: string, user: string, tenant: Scope = null): Route | null {
   const cfg = ctx.config;
   const routing = routingOf(ctx);
-  const hosts = routing.hostSet(database);
+  const hosts = routing.hostSet(database, tenant);
   if (hosts === null) return null;
   const db = hosts.db;
   const mapping = cfg.users[user];
   const serverUser = mapping?.server_user ?? db.server_user ?? user;
   const r: Route = {
     database,
+    tenant,
+    label: hosts.database,
     db,
     hosts,
     serverUser,
@@ -234,25 +258,26 @@ export class Routing {
     return this.#classifier.value;
   }
 
-  /** The servers of a database (or of the wildcard entry, under the client's database name); null when neither is configured. */
-  hostSet(database: string): HostSet | null {
-    const db = databaseEntry(this.#ctx, database);
+  /** The servers of a database of a scope (or of the wildcard entry, under the client's database name); null when neither is configured. */
+  hostSet(database: string, tenant: Scope = null): HostSet | null {
+    const db = databaseEntry(this.#ctx, database, tenant);
     if (db === null) return null;
-    const have = this.#sets.get(database);
+    const key = scopedKey(tenant, database);
+    const have = this.#sets.get(key);
     if (have !== undefined && have.db === db) return have;
     if (have !== undefined && serversKey(have.db, database) === serversKey(db, database)) {
       // A reload that left this database's servers as they were: same servers, same pools.
       have.db = db;
       return have;
     }
-    const set = this.#build(database, db, have);
-    this.#sets.set(database, set);
+    const set = this.#build(database, tenant, db, have);
+    this.#sets.set(key, set);
     return set;
   }
 
   /** A server for a connection of Postern's own or a relayed session: one that qualifies now; null when the database is unknown or none qualifies. */
-  targetFor(database: string): ServerTarget | null {
-    const set = this.hostSet(database);
+  targetFor(database: string, tenant: Scope = null): ServerTarget | null {
+    const set = this.hostSet(database, tenant);
     if (set === null) return null;
     const h = set.hosts.length === 1 && !set.watched ? set.hosts[0] : set.pick(NEED.Any, () => 0);
     return h === null || h === undefined ? null : h.target;
@@ -263,21 +288,32 @@ export class Routing {
     return [...this.#sets.values()];
   }
 
-  /** The sets of the config's databases now: made for every listed entry, dropped for removed ones. */
+  /** The sets of the config's databases now (top level and tenants'): made for every listed entry, dropped for removed ones. */
   refresh(): void {
-    const dbs = this.#ctx.config.databases;
-    for (const name of Object.keys(dbs)) if (name !== WILDCARD) this.hostSet(name);
-    for (const [name, set] of this.#sets) {
-      const db = databaseEntry(this.#ctx, name);
+    const cfg = this.#ctx.config;
+    const scopes: Array<[Scope, Record<string, DatabaseConfig>]> = [[null, cfg.databases]];
+    for (const [name, t] of Object.entries(cfg.tenants)) if (t.passthrough.host === undefined) scopes.push([name, t.databases]);
+    for (const [tenant, dbs] of scopes) for (const name of Object.keys(dbs)) if (name !== WILDCARD) this.hostSet(name, tenant);
+    for (const [key, set] of this.#sets) {
+      const db = databaseEntry(this.#ctx, set.name, set.tenant);
       if (db === null) {
-        this.#sets.delete(name);
+        this.#sets.delete(key);
         for (const h of set.hosts) this.#dropHost(h);
-      } else if (db !== set.db) this.hostSet(name);
+      } else if (db !== set.db) this.hostSet(set.name, set.tenant);
     }
   }
 
+  /**
+   * The server-side TLS files read again (a reload): new connections use the
+   * new ones, open connections keep theirs. Call after checkServerTls passed.
+   */
+  reloadServerTls(): void {
+    for (const set of this.#sets.values()) for (const h of set.hosts) h.target.tls = serverTlsOptions(set.db, h.target.host);
+  }
+
   /** A set for a (new or changed) entry; servers that stay keep what the checks know of them. */
-  #build(database: string, db: DatabaseConfig, old: HostSet | undefined): HostSet {
+  #build(database: string, tenant: Scope, db: DatabaseConfig, old: HostSet | undefined): HostSet {
+    const label = scopedLabel(tenant, database);
     const list = db.servers ?? [{ host: db.host, port: db.port }];
     const many = list.length > 1;
     const dbname = db.dbname ?? database;
@@ -294,7 +330,8 @@ export class Routing {
         continue;
       }
       const target: ServerTarget = {
-        name: database,
+        name: label,
+        tenant,
         host: s.host,
         port: s.port,
         dbname,
@@ -302,7 +339,7 @@ export class Routing {
         connectTimeout: this.#ctx.config.limits.server_connect_timeout,
         server: many ? `${s.host}:${s.port}` : null,
       };
-      hosts.push(new Host(database, target));
+      hosts.push(new Host(label, target, database, tenant));
     }
     if (old !== undefined) {
       for (const h of old.hosts) if (!hosts.includes(h)) this.#dropHost(h);
@@ -310,7 +347,7 @@ export class Routing {
       old.hosts = hosts;
       return old;
     }
-    return new HostSet(database, db, hosts);
+    return new HostSet(label, db, hosts, database, tenant);
   }
 
   /** A server left the config: its pools retire (lent connections close when they come back) and its health probe closes. */
@@ -320,7 +357,7 @@ export class Routing {
   }
 
   group(r: Route, secret: ServerSecret): PoolGroup {
-    const key = `${r.database}/${r.serverUser}`;
+    const key = `${scopedKey(r.tenant, r.database)}\u0000${r.serverUser}`;
     let g = this.#groups.get(key);
     if (g === undefined || g.hosts !== r.hosts) {
       g = new PoolGroup(this.#ctx, r.hosts, r.serverUser, r.mode, r.poolSize);
@@ -330,7 +367,7 @@ export class Routing {
     g.size = r.poolSize;
     if (usable(secret)) {
       g.secret = secret;
-      this.logins.set(r.database, { user: r.serverUser, secret });
+      this.logins.set(r.label, { user: r.serverUser, secret });
     }
     return g;
   }
@@ -348,9 +385,9 @@ export class Routing {
   tick(now: number): void {
     const cfg = this.#ctx.config;
     for (const g of this.#groups.values()) g.tick(now, cfg.pool.query_wait_timeout);
-    if (cfg.databases[WILDCARD] === undefined) return;
-    for (const [name, set] of this.#sets) {
-      if (cfg.databases[name] !== undefined) continue;
+    for (const [key, set] of this.#sets) {
+      const dbs = scopeDatabases(this.#ctx, set.tenant);
+      if (dbs[WILDCARD] === undefined || dbs[set.name] !== undefined) continue;
       let busy = false;
       for (const h of set.hosts)
         for (const p of this.poolsOf(h)) {
@@ -359,7 +396,7 @@ export class Routing {
         }
       if (busy) continue;
       for (const h of set.hosts) for (const p of this.poolsOf(h)) this.#ctx.pools.drop(p);
-      this.#sets.delete(name);
+      this.#sets.delete(key);
       this.checker.forget(set);
       for (const [key, g] of this.#groups) if (g.hosts === set) this.#groups.delete(key);
     }

@@ -125,6 +125,8 @@ export class Stats {
   readonly logins = new Map<string, number>();
   /** Failed logins by reason. */
   readonly loginFailures = new Map<string, number>();
+  /** Passthrough tenants' sessions: `tenant/sessions`, `tenant/received_bytes`, `tenant/sent_bytes`, `tenant/seconds` (of ended sessions). */
+  readonly passthrough = new Map<string, number>();
   /** Transaction-mode clients pinned to their server connection, by the feature that pinned them. */
   readonly pins = new Map<string, number>();
   /** Query shapes; null while statistics are off or the normalizer is not loaded yet. */

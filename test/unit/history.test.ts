@@ -107,7 +107,7 @@ describe('merge across workers', () => {
         servers: [],
         traffic: [],
         averages: {},
-        counters: { logins: {}, loginFailures: {}, pins: {}, errors: {}, violations: {}, tlsHandshakes: {}, cancels: {} },
+        counters: { logins: {}, loginFailures: {}, pins: {}, errors: {}, violations: {}, tlsHandshakes: {}, cancels: {}, passthrough: {} },
         shapes: [],
         paused: [],
         disabled: [],

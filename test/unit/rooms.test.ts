@@ -101,6 +101,9 @@ function handshake(ctx: Context): { sock: FakeSocket; rec: Recorded; h: Handshak
       throw new Error('no TLS here');
     },
     startup: (s) => rec.startups.push(s),
+    passthrough() {
+      throw new Error('no passthrough here');
+    },
   };
   return { sock, rec, h: new Handshake(host, sock as unknown as net.Socket) };
 }
@@ -189,6 +192,7 @@ function startup(sock: FakeSocket, user: string, database: string): Startup {
     ]),
     user,
     database,
+    tenant: null,
     early: Buffer.alloc(0),
   };
 }

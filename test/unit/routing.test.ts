@@ -124,7 +124,7 @@ describe('HostSet.pick', () => {
   const db = (over: Partial<DatabaseConfig> = {}): DatabaseConfig => ({
     host: 'h',
     port: 5432,
-    tls: { mode: 'disable' },
+    tls: { mode: 'disable', direct: false },
     target_session_attrs: 'any',
     load_balance: 'round-robin',
     read_write_split: false,
@@ -136,7 +136,7 @@ describe('HostSet.pick', () => {
     host: '10.0.0.1',
     port,
     dbname: 'app',
-    tls: { mode: 'disable', connect: {} },
+    tls: { mode: 'disable', direct: false, connect: {} },
     connectTimeout: 1000,
     server: `10.0.0.1:${port}`,
   });
