@@ -48,3 +48,30 @@ test('examples/routing/run.mjs: reads, writes, blocks, SIGHUP and a failover lan
   assert.equal(answer('after SIGHUP, the added database reports'), 'appdb');
   assert.match(r.stdout, /writes through app_rw land on: standby 1 \(/);
 });
+
+test('examples/tenants/run.mjs: each name reaches its tenant, passthrough verifies the server, a reloaded certificate is presented', async () => {
+  const r = await run(process.execPath, ['examples/tenants/run.mjs'], { timeoutMs: 120_000 });
+  assert.equal(r.code, 0, r.stderr);
+  const section = (title: string): string =>
+    `\n${r.stdout}`
+      .split('\n# ')
+      .find((s) => s.startsWith(title))
+      ?.trim() ?? '';
+  const answer = (title: string): string => section(title).split('\n').pop() ?? '';
+  assert.equal(answer('acme.example.test: tenant acme'), 'cluster A, TLS at the server: false');
+  assert.equal(answer('eu.acme.example.test: the wildcard'), 'cluster A, TLS at the server: false');
+  assert.equal(answer('globex.example.test: the same database name'), 'cluster B, TLS at the server: true');
+  assert.equal(answer('vault.example.test: passed through'), 'cluster B, TLS at the server: true');
+  assert.match(answer("vault.example.test against Postern's CA"), /certificate verify failed/);
+  assert.match(answer('no SNI'), /FATAL: {2}database "app" does not exist/);
+  assert.deepEqual(section('the certificate each name gets').split('\n').slice(1), [
+    'acme.example.test -> CN=acme.example.test',
+    'x.acme.example.test -> CN=acme.example.test',
+    'globex.example.test -> CN=globex.example.test',
+    'other.example.test -> CN=localhost',
+  ]);
+  const reload = section('after a new certificate for acme and SIGHUP');
+  assert.match(reload, /\(replaced, the new file\)/);
+  assert.match(reload, /open session, before the reload\nopen session, after the reload/);
+  assert.equal(answer('a new client of acme verifies the new certificate'), 'cluster A, TLS at the server: false');
+});
