@@ -690,7 +690,8 @@ export class ClientSession implements SessionHandle {
     if (detail !== undefined) spec.detail = detail;
     if (hint !== undefined) spec.hint = hint;
     const client = this.#client;
-    if (!client.destroyed && client.writable) this.#send(encodeError(spec));
+    // A passthrough session's bytes are its server's TLS: nothing of Postern's can be written into them, it is closed.
+    if (this.#passthrough === null && !client.destroyed && client.writable) this.#send(encodeError(spec));
     this.#close();
   }
 

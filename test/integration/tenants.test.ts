@@ -357,6 +357,35 @@ describe('passthrough', () => {
     assert.ok(bytes > 3_000_000, `received bytes ${bytes} include the COPY FROM (3.5 MB)`);
   });
 
+  test('KILL_CLIENT ends a passthrough session by closing it: no plaintext error is written into its TLS', async () => {
+    const victim = new pg.Client({
+      host: '127.0.0.1',
+      port: px.port,
+      user: 'app',
+      password: PW,
+      database: 'appdb',
+      ssl: { servername: 'pass.test', ca: readFileSync(pass.ca.cert, 'utf8') },
+    });
+    await victim.connect();
+    const ended = new Promise<Error>((resolve) => victim.once('error', resolve));
+    const pid = Number((await victim.query('select pg_backend_pid() as pid')).rows[0].pid);
+    const row = (await admin('SHOW CLIENTS')).find((r) => r.slice(-3).join(' ') === 'pass pass.test passthrough');
+    assert.ok(row !== undefined, 'the passthrough client is listed');
+    const id = row[20];
+    await admin(`KILL_CLIENT ${id}`);
+    const e = await ended;
+    // A FATAL written in plaintext into the TLS stream would be a TLS record error (ERR_SSL_*); a clean close is not.
+    assert.doesNotMatch(String((e as NodeJS.ErrnoException).code ?? ''), /SSL/, e.message);
+    assert.match(e.message, /terminated|closed|ECONNRESET|EOF/i);
+    await victim.end().catch(() => undefined);
+    // The server side went too: nothing of the victim is left on the cluster.
+    await waitUntil(
+      async () => (await clusterB.psql(`select count(*) from pg_stat_activity where pid = ${pid}`)).trim() === '0',
+      10_000,
+      'the server session ended',
+    );
+  });
+
   test('a direct-TLS client is spliced the same way; without ALPN postgresql it is refused', async () => {
     const cert = await new Promise<X509Certificate>((resolve, reject) => {
       const s = tls.connect({
