@@ -2,7 +2,7 @@
 # Installs the system tools Postern's demo, tests and benchmark drive, when
 # missing: PostgreSQL server and client, openssl, pgbouncer (benchmark), a JRE
 # with the PostgreSQL JDBC driver (driver tests), chromium (the dashboard's
-# browser tests). Debian/Ubuntu, as root or
+# browser tests), haproxy (load-balancer tests). Debian/Ubuntu, as root or
 # with passwordless sudo. Cheap to rerun when everything is present.
 # Used by the README's first command and by .ci/run.
 set -euo pipefail
@@ -36,6 +36,8 @@ command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 [ -e /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
 # The dashboard's browser tests (test/browser) drive Debian's chromium through playwright-core.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# Two Postern instances behind a real TCP load balancer (cancel forwarding between instances).
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "all present"
@@ -68,10 +70,10 @@ fi
 # Without systemd, `service` drives the SysV scripts; every step may fail
 # harmlessly when the service was never started or does not exist.
 if [ "${stop_services:-0}" = 1 ] || [ "${CI:-}" = true ]; then
-  phase "stop system postgresql/pgbouncer services"
+  phase "stop system postgresql/pgbouncer/haproxy services"
   sudo_svc=()
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo_svc=(sudo -n); fi
-  for svc in pgbouncer postgresql; do
+  for svc in pgbouncer postgresql haproxy; do
     if [ -e "/etc/init.d/$svc" ]; then
       ${sudo_svc[@]+"${sudo_svc[@]}"} service "$svc" stop >/dev/null 2>&1 || true
       ${sudo_svc[@]+"${sudo_svc[@]}"} update-rc.d "$svc" disable >/dev/null 2>&1 || true

@@ -14,6 +14,7 @@ import type { ServerConn } from './backend/server-conn.ts';
 import type { Config, PoolConfig } from './config/schema.ts';
 import type { AuditLog } from './observability/audit.ts';
 import type { Logger } from './observability/log.ts';
+import type { PeerCancelPacket } from './protocol/startup.ts';
 import { Stats } from './stats/registry.ts';
 import type { ClientTls } from './tls/contexts.ts';
 import { VERSION } from './version.ts';
@@ -76,6 +77,25 @@ export interface Peers {
   everywhere(cmd: unknown, who: string, alive: () => boolean): Promise<unknown[]>;
   /** A cancel request no session of this worker owns: the worker that does checks the key. */
   cancel(pid: number, key: Buffer): void;
+}
+
+/** Bits of a pid below the instance number (cluster.instance_id sits above them). */
+export const PID_BITS = 23;
+
+/**
+ * The other Postern instances behind the same load balancer (cluster.*): the
+ * handshake hands them the cancel requests this instance does not own, and
+ * asks them to check the signed ones other instances forward.
+ */
+export interface Instances {
+  /** cluster.instance_id, or null: the pid bits of cancel keys say nothing then. */
+  readonly id: number | null;
+  /** Whether a cancel for this pid may belong to another instance. */
+  remote(pid: number): boolean;
+  /** Sends a cancel request this instance does not own to the instance(s) that may. */
+  forward(pid: number, key: Buffer): void;
+  /** Checks a forwarded cancel (MAC, clock, replay, instance); why it is refused, or null to act on it. */
+  check(p: PeerCancelPacket): string | null;
 }
 
 /** What an admin console session needs from its client session (the console itself lives in admin/). */
@@ -148,6 +168,8 @@ export class Context {
 
   /** The other worker processes; null when this process serves alone. */
   peers: Peers | null = null;
+  /** The other instances of the cluster (cluster.*); null when none are configured. */
+  instances: Instances | null = null;
   readonly version = VERSION;
   readonly startedAt = Date.now();
 
@@ -219,9 +241,11 @@ export class Context {
 
   /** A fresh (pid, key) pair unique among live sessions. Key length 4 for protocol 3.0, 32 for 3.2. */
   issueCancelKey(keyLength: number): { pid: number; key: Buffer } {
+    const instance = this.instances?.id ?? null;
     for (;;) {
       // Positive Int32 like a real backend pid; random so keys cannot be guessed in sequence.
-      const pid = randomInt(1, 0x7fffffff);
+      // With cluster.instance_id, its top 8 bits name this instance (pid_bits of the rest).
+      const pid = instance === null ? randomInt(1, 0x7fffffff) : (instance << PID_BITS) | randomInt(1, 1 << PID_BITS);
       if (!this.#byPid.has(pid)) return { pid, key: randomBytes(keyLength) };
     }
   }

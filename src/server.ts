@@ -9,6 +9,7 @@ import { adminExecutor } from './admin/executor.ts';
 import { HistorySampler } from './admin/sampler.ts';
 import { collect, snapshotOf } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
+import { InstancePeers } from './cluster/instances.ts';
 import { loadConfigFile } from './config/load.ts';
 import { type Config, type DatabaseConfig, SETTINGS } from './config/schema.ts';
 import { Context, type Peers } from './context.ts';
@@ -81,6 +82,10 @@ export class Postern {
     if (opts.peers !== undefined) {
       this.ctx.peers = opts.peers;
       this.ctx.setIdBase(opts.peers.index);
+    }
+    const cl = config.cluster;
+    if (cl.instance_id !== undefined || cl.peers.length > 0 || cl.peers_dns !== undefined) {
+      this.ctx.instances = new InstancePeers(cl.instance_id ?? null, () => this.ctx.config.cluster, log);
     }
     this.ctx.control = {
       reload: () => this.reload(this.#configFile),

@@ -188,6 +188,35 @@ function crossCheck(c: Config): ConfigProblem[] {
   readable(c.auth.hba_file, 'auth.hba_file', problems);
   readable(c.auth.ident_file, 'auth.ident_file', problems);
   readable(c.auth.users_file, 'auth.users_file', problems);
+  const cl = c.cluster;
+  if (cl.secret_file !== undefined) {
+    // The file's content becomes cluster.secret (so the rest reads one setting, and it is redacted like one).
+    if (cl.secret !== undefined)
+      problems.push({ path: 'cluster.secret_file', message: 'set cluster.secret or cluster.secret_file, not both' });
+    else {
+      try {
+        cl.secret = readFileSync(cl.secret_file, 'utf8').trim();
+      } catch {
+        problems.push({ path: 'cluster.secret_file', message: `file ${cl.secret_file} is not readable` });
+      }
+    }
+  }
+  if (cl.peers.length > 0 || cl.peers_dns !== undefined) {
+    if (cl.secret === undefined || cl.secret.length < 16) {
+      problems.push({
+        path: 'cluster.secret',
+        message: 'cluster.peers and cluster.peers_dns need a cluster.secret of at least 16 characters',
+      });
+    }
+  }
+  if (cl.peers.length > 0 && cl.instance_id === undefined) {
+    problems.push({ path: 'cluster.instance_id', message: "cluster.peers needs this instance's cluster.instance_id" });
+  }
+  const ids = new Set<number>();
+  for (const [i, p] of cl.peers.entries()) {
+    if (ids.has(p.id)) problems.push({ path: `cluster.peers.${i}.id`, message: `instance ${p.id} is listed twice` });
+    ids.add(p.id);
+  }
   const tenants = Object.entries(c.tenants);
   if (Object.keys(c.databases).length === 0 && tenants.length === 0) {
     problems.push({ path: 'databases', message: 'at least one database must be configured' });

@@ -487,6 +487,43 @@ export const SETTINGS: readonly Setting[] = [
   ),
 
   row(
+    'cluster.instance_id',
+    'int',
+    z.number().int().min(0).max(255),
+    undefined,
+    false,
+    "This instance's number among several Postern instances behind one load balancer (0 to 255, unique). Every cancel key this instance hands out carries it in the top 8 bits of the pid, so a CancelRequest that reaches another instance is forwarded straight to this one (`cluster.peers`). Unset: pids are random over 31 bits and a cancel for a session this instance does not hold goes to every `cluster.peers_dns` address.",
+  ),
+  row(
+    'cluster.peers',
+    'list',
+    z.array(z.strictObject({ id: z.number().int().min(0).max(255), host: z.string().min(1), port: port.prefault(6432) })),
+    [],
+    true,
+    "The other instances, `[{ id, host, port }]`: their `cluster.instance_id` and the address of their client listener, reached directly (not through the load balancer). An entry with this instance's own id is skipped, so every instance may share one list. A cancel request for a key of instance `id` is forwarded to that entry, signed with `cluster.secret`.",
+  ),
+  row(
+    'cluster.peers_dns',
+    'string',
+    z.string().regex(/^(\[[^\]]+\]|[^:\s]+):\d{1,5}$/, 'use name:port, e.g. postern-peers.db.svc.cluster.local:6432'),
+    undefined,
+    true,
+    'A DNS name resolving to every instance (a Kubernetes headless Service), with the client port: `name:port`. A cancel request for a session no entry of `cluster.peers` names is forwarded to every address it resolves to (resolved at each forward); the instance that holds the session acts on it, the others drop it.',
+  ),
+  secret(
+    'cluster.secret',
+    'Shared by every instance: forwarded cancel requests carry an HMAC-SHA256 of their contents and the time under this key, and are refused without it, so nobody but a peer can send one. At least 16 characters. Required with `cluster.peers` or `cluster.peers_dns` (here or in `cluster.secret_file`).',
+  ),
+  row(
+    'cluster.secret_file',
+    'path',
+    path,
+    undefined,
+    true,
+    'A file holding `cluster.secret` (surrounding white space ignored), e.g. mounted from a Kubernetes Secret; read again on every reload. Not with `cluster.secret`.',
+  ),
+
+  row(
     'log.level',
     'enum',
     z.enum(LOG_LEVELS),
@@ -730,6 +767,15 @@ export type TlsServerMode = (typeof TLS_SERVER_MODES)[number];
 
 export type PoolMode = (typeof POOL_MODES)[number];
 
+/** cluster.*: several instances behind one load balancer. */
+export interface ClusterConfig {
+  instance_id?: number;
+  peers: { id: number; host: string; port: number }[];
+  peers_dns?: string;
+  secret?: string;
+  secret_file?: string;
+}
+
 export interface PoolConfig {
   pool_mode: PoolMode;
   default_pool_size: number;
@@ -819,6 +865,7 @@ export interface Config {
   };
   limits: { max_message_size: number; client_login_timeout: number; server_connect_timeout: number; shutdown_timeout: number };
   workers: number | 'auto';
+  cluster: ClusterConfig;
   log: { level: (typeof LOG_LEVELS)[number]; queries: boolean };
   admin: {
     listen?: string;

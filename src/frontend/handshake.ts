@@ -15,7 +15,7 @@ import type { Logger } from '../observability/log.ts';
 import { LATEST_MINOR } from '../protocol/codes.ts';
 import { BAD_LENGTH, NEED_MORE, startupFrame } from '../protocol/framer.ts';
 import { SQLSTATE } from '../protocol/sqlstate.ts';
-import { decodeStartup, type StartupPacket } from '../protocol/startup.ts';
+import { decodeStartup, type PeerCancelPacket, type StartupPacket } from '../protocol/startup.ts';
 import { ProtocolViolation } from '../protocol/violation.ts';
 import { anyPassthrough, type TenantMatch, tenantFor } from '../routing/tenants.ts';
 import { HELLO_INVALID, HELLO_NEED_MORE, MAX_HELLO, readClientHello } from '../tls/client-hello.ts';
@@ -187,6 +187,10 @@ export class Handshake {
         this.stop();
         this.#cancel(packet.pid, packet.key);
         return;
+      case 'peer-cancel':
+        this.stop();
+        this.#peerCancel(packet);
+        return;
       case 'startup':
         this.stop();
         this.#startup(packet.major, packet.minor, packet.params, rest);
@@ -348,14 +352,38 @@ export class Handshake {
   }
 
   #cancel(pid: number, key: Buffer): void {
-    if (this.#ctx.cancelByKey(pid, key)) this.#host.debug('cancel request');
-    else if (this.#ctx.peers !== null) {
+    const ctx = this.#ctx;
+    const instances = ctx.instances;
+    if (ctx.cancelByKey(pid, key)) this.#host.debug('cancel request');
+    else if (instances?.remote(pid)) {
+      // Another instance behind the same load balancer may own it: it checks the key itself.
+      ctx.count(ctx.stats.cancels, 'to_peer');
+      instances.forward(pid, key);
+      // Without an instance number, one of this instance's own workers may own it too.
+      if (instances.id === null) ctx.peers?.cancel(pid, key);
+    } else if (ctx.peers !== null) {
       // Another worker process may own that session: it checks the key itself.
-      this.#ctx.peers.cancel(pid, key);
+      ctx.peers.cancel(pid, key);
     } else {
-      this.#ctx.count(this.#ctx.stats.cancels, 'unknown');
+      ctx.count(ctx.stats.cancels, 'unknown');
       // Unknown keys are ignored, as Postgres does; say nothing either way.
       this.#host.debug('cancel request with unknown key ignored');
+    }
+    this.#host.destroy();
+  }
+
+  /** A cancel request another instance forwarded: acted on only when its signature checks out; never forwarded again. */
+  #peerCancel(p: PeerCancelPacket): void {
+    const ctx = this.#ctx;
+    const refused = ctx.instances === null ? 'no cluster configured' : ctx.instances.check(p);
+    if (refused !== null) {
+      ctx.count(ctx.stats.cancels, 'peer_refused');
+      this.#host.log.info({ reason: refused }, 'forwarded cancel request refused');
+    } else {
+      ctx.count(ctx.stats.cancels, 'from_peer');
+      if (ctx.cancelByKey(p.pid, p.key)) this.#host.debug('forwarded cancel request');
+      else if (ctx.peers !== null) ctx.peers.cancel(p.pid, p.key);
+      else ctx.count(ctx.stats.cancels, 'unknown');
     }
     this.#host.destroy();
   }

@@ -69,7 +69,16 @@ export const REQUEST_CODE = {
   Cancel: 80877102, // (1234 << 16) | 5678
   SSL: 80877103, // (1234 << 16) | 5679
   GSSENC: 80877104, // (1234 << 16) | 5680
+  /**
+   * Postern's own: a cancel request forwarded by another Postern instance of
+   * the same cluster, signed with cluster.secret (never sent by a client;
+   * PostgreSQL would refuse it as an unsupported protocol version).
+   */
+  PeerCancel: 80877122, // (1234 << 16) | 5698
 } as const;
+
+/** Length of the HMAC-SHA256 that ends a PeerCancel packet. */
+export const PEER_CANCEL_MAC = 32;
 
 export const PROTOCOL_3_0 = 0x30000; // 196608
 export const PROTOCOL_3_2 = 0x30002; // 196610

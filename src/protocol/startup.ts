@@ -4,7 +4,7 @@
 // packets Postern sends to servers.
 // https://www.postgresql.org/docs/current/protocol-message-formats.html
 
-import { MAX_CANCEL_KEY, REQUEST_CODE } from './codes.ts';
+import { MAX_CANCEL_KEY, PEER_CANCEL_MAC, REQUEST_CODE } from './codes.ts';
 import { Reader } from './reader.ts';
 import { ProtocolViolation, VIOLATION } from './violation.ts';
 import { Writer } from './writer.ts';
@@ -13,6 +13,7 @@ export type StartupPacket =
   | { kind: 'ssl' }
   | { kind: 'gssenc' }
   | { kind: 'cancel'; pid: number; key: Buffer }
+  | PeerCancelPacket
   | {
       kind: 'startup';
       /** The raw Int32 version: major << 16 | minor. */
@@ -22,6 +23,22 @@ export type StartupPacket =
       /** Parameters in the order the client sent them, `_pq_.*` extensions included. */
       params: Map<string, string>;
     };
+
+/**
+ * A cancel request one Postern instance forwards to another: the instance it
+ * is meant for, the client's pid and key as the client sent them, the
+ * sender's clock (Unix seconds) and an HMAC-SHA256 over `signed` (every byte
+ * between the request code and the MAC) keyed with cluster.secret.
+ */
+export interface PeerCancelPacket {
+  kind: 'peer-cancel';
+  instance: number;
+  pid: number;
+  time: number;
+  key: Buffer;
+  signed: Buffer;
+  mac: Buffer;
+}
 
 /** Decodes one complete startup-phase packet (length prefix included). */
 export function decodeStartup(packet: Buffer): StartupPacket {
@@ -43,6 +60,19 @@ export function decodeStartup(packet: Buffer): StartupPacket {
       throw new ProtocolViolation(VIOLATION.BadStartup, 'invalid length of cancel request packet');
     }
     return { kind: 'cancel', pid, key: Buffer.from(r.rest()) };
+  }
+  if (code === REQUEST_CODE.PeerCancel) {
+    // instance, pid, time (Int32 each), key (4..256 bytes), MAC.
+    const keyLen = len - 8 - 12 - PEER_CANCEL_MAC;
+    if (keyLen < 4 || keyLen > MAX_CANCEL_KEY) {
+      throw new ProtocolViolation(VIOLATION.BadStartup, 'invalid length of peer cancel packet');
+    }
+    const instance = r.int32();
+    const pid = r.int32();
+    const time = r.int32() >>> 0;
+    const key = Buffer.from(r.bytes(keyLen));
+    const mac = Buffer.from(r.bytes(PEER_CANCEL_MAC));
+    return { kind: 'peer-cancel', instance, pid, time, key, signed: Buffer.from(packet.subarray(8, len - PEER_CANCEL_MAC)), mac };
   }
   const major = code >>> 16;
   const minor = code & 0xffff;
@@ -75,6 +105,21 @@ export function encodeStartup(version: number, params: Iterable<[string, string]
 export const SSL_REQUEST: Buffer = new Writer().int32(REQUEST_CODE.SSL).packet();
 /** GSSENCRequest, built once. */
 export const GSSENC_REQUEST: Buffer = new Writer().int32(REQUEST_CODE.GSSENC).packet();
+
+/** The signed part of a PeerCancel packet (what its MAC covers). */
+export function peerCancelBody(instance: number, pid: number, time: number, key: Buffer): Buffer {
+  return new Writer()
+    .int32(instance)
+    .int32(pid)
+    .int32(time | 0)
+    .bytes(key)
+    .body();
+}
+
+/** A PeerCancel packet from its signed body and the MAC over it. */
+export function encodePeerCancel(body: Buffer, mac: Buffer): Buffer {
+  return new Writer().int32(REQUEST_CODE.PeerCancel).bytes(body).bytes(mac).packet();
+}
 
 export function encodeCancel(pid: number, key: Buffer): Buffer {
   return new Writer().int32(REQUEST_CODE.Cancel).int32(pid).bytes(key).packet();

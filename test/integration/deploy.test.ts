@@ -271,6 +271,7 @@ test('the image, replayed from the Dockerfile, runs the Kubernetes config: check
     [shipped.tls.key]: readFileSync(certs.server.key, 'utf8'),
     [shipped.databases[dbName].tls.ca]: readFileSync(certs.ca.cert, 'utf8'),
     [shipped.auth.users_file]: `"app" "${verifier}"\n`,
+    [shipped.cluster.secret_file]: 'deploy-test-cluster-secret-0123456789\n',
   };
   for (const f of files) {
     const rel = posix.relative(mount.mountPath, f.path);

@@ -26,7 +26,15 @@ import {
 import { AUTH, BE, PROTOCOL_3_0, PROTOCOL_3_2, REQUEST_CODE, TX } from '../../src/protocol/codes.ts';
 import { encodePassword, encodeQuery, encodeSaslInitial, TERMINATE } from '../../src/protocol/frontend.ts';
 import { Reader } from '../../src/protocol/reader.ts';
-import { decodeStartup, encodeCancel, encodeStartup, GSSENC_REQUEST, SSL_REQUEST } from '../../src/protocol/startup.ts';
+import {
+  decodeStartup,
+  encodeCancel,
+  encodePeerCancel,
+  encodeStartup,
+  GSSENC_REQUEST,
+  peerCancelBody,
+  SSL_REQUEST,
+} from '../../src/protocol/startup.ts';
 import { ProtocolViolation, VIOLATION, type ViolationKind } from '../../src/protocol/violation.ts';
 
 // ---------------------------------------------------------------- helpers
@@ -164,6 +172,36 @@ describe('decodeStartup', () => {
     }
     // No room even for the pid.
     throwsViolation(() => decodeStartup(packet(i32(REQUEST_CODE.Cancel), [0, 1])), undefined, 'no pid');
+  });
+
+  it('PeerCancel (Postern to Postern): fields, signed bytes and MAC round-trip; key length bounds hold', () => {
+    const key = Buffer.from([1, 2, 3, 4]);
+    const body = peerCancelBody(7, (7 << 23) | 99, 0xfffffff0, key);
+    const mac = Buffer.alloc(32, 0xab);
+    const p = encodePeerCancel(body, mac);
+    assert.equal(p.readInt32BE(4), REQUEST_CODE.PeerCancel);
+    const d = decodeStartup(p);
+    assert.ok(d.kind === 'peer-cancel');
+    assert.equal(d.instance, 7);
+    assert.equal(d.pid, (7 << 23) | 99);
+    assert.equal(d.time, 0xfffffff0, 'the clock is unsigned');
+    assert.deepEqual(d.key, key);
+    assert.deepEqual(d.signed, body);
+    assert.deepEqual(d.mac, mac);
+    assert.ok(decodeStartup(encodePeerCancel(peerCancelBody(-1, 1, 1, Buffer.alloc(256)), mac)).kind === 'peer-cancel');
+    for (const n of [0, 3, 257]) {
+      throwsViolation(
+        () => decodeStartup(encodePeerCancel(peerCancelBody(1, 1, 1, Buffer.alloc(n)), mac)),
+        VIOLATION.BadStartup,
+        `key ${n}`,
+      );
+    }
+    // A MAC cut short leaves too few bytes.
+    throwsViolation(
+      () => decodeStartup(encodePeerCancel(peerCancelBody(1, 1, 1, key), Buffer.alloc(8))),
+      VIOLATION.BadStartup,
+      'short mac',
+    );
   });
 
   it('rejects a packet whose final terminator is missing', () => {

@@ -282,6 +282,49 @@ describe('validateConfig', () => {
   });
 });
 
+describe('cluster.*', () => {
+  const peers = [
+    { id: 1, host: '10.0.0.1' },
+    { id: 2, host: '10.0.0.2', port: 7432 },
+  ];
+  it('peers with an instance id and a secret are valid; a peer port defaults to 6432', () => {
+    const r = validateConfig({ cluster: { instance_id: 1, peers, secret: 's'.repeat(16) }, databases: DB }, tmp);
+    assert.ok(r.ok);
+    assert.deepEqual(r.ok && r.config.cluster.peers.map((p) => p.port), [6432, 7432]);
+  });
+  it('peers need a secret of 16 characters and this instance id; ids are unique and 0 to 255', () => {
+    assert.deepEqual(paths(problemsOf({ cluster: { instance_id: 1, peers }, databases: DB })), ['cluster.secret']);
+    assert.deepEqual(paths(problemsOf({ cluster: { instance_id: 1, peers, secret: 'short' }, databases: DB })), ['cluster.secret']);
+    assert.deepEqual(paths(problemsOf({ cluster: { peers, secret: 's'.repeat(16) }, databases: DB })), ['cluster.instance_id']);
+    assert.deepEqual(
+      paths(problemsOf({ cluster: { instance_id: 1, peers: [peers[0], peers[0]], secret: 's'.repeat(16) }, databases: DB })),
+      ['cluster.peers.1.id'],
+    );
+    assert.ok(problemsOf({ cluster: { instance_id: 256 }, databases: DB }).some((p) => p.path === 'cluster.instance_id'));
+  });
+  it('secret_file is read into cluster.secret (trimmed); not together with secret; unreadable is a problem', () => {
+    writeFileSync(join(tmp, 'cluster-secret'), '  from-a-file-0123456789\n');
+    const r = validateConfig({ cluster: { peers_dns: 'peers:6432', secret_file: 'cluster-secret' }, databases: DB }, tmp);
+    assert.ok(r.ok);
+    assert.equal(r.ok && r.config.cluster.secret, 'from-a-file-0123456789');
+    assert.deepEqual(paths(problemsOf({ cluster: { secret: 's'.repeat(16), secret_file: 'cluster-secret' }, databases: DB })), [
+      'cluster.secret_file',
+    ]);
+    assert.ok(
+      problemsOf({ cluster: { peers_dns: 'peers:6432', secret_file: 'missing' }, databases: DB }).some(
+        (p) => p.path === 'cluster.secret_file',
+      ),
+    );
+  });
+  it('peers_dns is name:port and needs the secret too; it does not need an instance id', () => {
+    assert.ok(validateConfig({ cluster: { peers_dns: 'postern-peers.db.svc:6432', secret: 's'.repeat(16) }, databases: DB }, tmp).ok);
+    assert.deepEqual(paths(problemsOf({ cluster: { peers_dns: 'postern-peers.db.svc:6432' }, databases: DB })), ['cluster.secret']);
+    assert.ok(
+      problemsOf({ cluster: { peers_dns: 'no-port', secret: 's'.repeat(16) }, databases: DB }).some((p) => p.path === 'cluster.peers_dns'),
+    );
+  });
+});
+
 describe('loadConfigFile', () => {
   it('reads YAML and resolves paths against the file folder', () => {
     const dir = join(tmp, 'certs');

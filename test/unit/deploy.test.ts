@@ -308,8 +308,6 @@ describe('deploy/kubernetes', () => {
       assert.ok(!isAbsolute(v), `${v}: relative, so it resolves inside the mounted folder`);
       assert.ok(existsSync(join(configFile, '..', v)), `${v} is provided by the volume`);
     }
-    // Keys that exist in Postern only: the peer settings are not invented here.
-    assert.equal(rawConfig.cluster, undefined);
   });
 
   it("ports and probe paths match Postern's defaults, the ConfigMap's config, the Services and the Dockerfile", () => {
@@ -337,6 +335,12 @@ describe('deploy/kubernetes', () => {
     const peers = services.find((s) => s.spec.clusterIP === 'None') as Obj;
     assert.ok(client && peers, 'a client Service and a headless one');
     assert.equal(peers.spec.publishNotReadyAddresses, true, 'draining pods stay in the peer list');
+    // Cancel forwarding: peers_dns names the headless Service on the client port, signed with a mounted secret.
+    const [peerName, peerPort] = String(config.cluster.peers_dns).split(':');
+    assert.equal(peerName, peers.metadata.name, 'cluster.peers_dns is the headless Service');
+    assert.equal(Number(peerPort), config.listen.port, 'on the client port');
+    assert.ok(config.cluster.secret !== undefined && config.cluster.secret.length >= 16, 'the secret file is mounted and read');
+    assert.equal(client.spec.sessionAffinity, undefined, 'no affinity: cancels may land on any pod');
     for (const s of services) {
       for (const p of s.spec.ports as Obj[]) {
         const target = containerPort(container, p.targetPort);
