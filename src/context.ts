@@ -62,6 +62,8 @@ export interface ClientInfo {
 export interface Control {
   /** RELOAD: re-read the config file and auth files; the problems, empty on success. */
   reload(): Array<{ path: string; message: string }>;
+  /** The settings changed in the config file that need a restart, as of the last successful reload. */
+  unapplied(): string[];
   /** SET key = value for a reloadable setting; the problems, empty on success. */
   set(key: string, value: string): Array<{ path: string; message: string }>;
   /** SHUTDOWN. */

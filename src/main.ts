@@ -104,7 +104,7 @@ async function main(argv: string[]): Promise<number> {
       const workers = workerCount(loaded.config);
       if (workers > 1) {
         const { Primary } = await import('./cluster/primary.ts');
-        const primary = new Primary(loaded.config, workers);
+        const primary = new Primary(loaded.config, workers, undefined, values.config);
         await primary.start();
         process.on('SIGHUP', () => primary.reload());
         const stop = (sig: string): void => {

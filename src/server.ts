@@ -10,7 +10,7 @@ import { HistorySampler } from './admin/sampler.ts';
 import { collect, snapshotOf } from './admin/snapshot.ts';
 import { loadAuthState } from './auth/store.ts';
 import { InstancePeers } from './cluster/instances.ts';
-import { loadConfigFile } from './config/load.ts';
+import { keepRestartSettings, loadConfigFile } from './config/load.ts';
 import { type Config, type DatabaseConfig, SETTINGS } from './config/schema.ts';
 import { Context, type Peers } from './context.ts';
 import { ClientSession } from './frontend/session.ts';
@@ -49,6 +49,8 @@ export class Postern {
   /** The janitor: one coarse tick for every pool (wait timeouts, idle and lifetime limits, min_pool_size). */
   #janitor: NodeJS.Timeout;
   #configFile: string | undefined;
+  /** Settings changed in the config file that need a restart (as of the last reload). */
+  #unapplied: string[] = [];
   #adminHttp: boolean;
   #http: AdminHttp | null = null;
   /** tls.watch: reloads the TLS files when they change on disk. */
@@ -89,6 +91,7 @@ export class Postern {
     }
     this.ctx.control = {
       reload: () => this.reload(this.#configFile),
+      unapplied: () => this.#unapplied,
       set: (key, value) => this.set(key, value),
       // PgBouncer's SHUTDOWN is immediate: sessions get FATAL 57P01 at once.
       shutdown: () => void this.shutdown(0),
@@ -203,18 +206,14 @@ export class Postern {
    */
   reload(configFile?: string): Array<{ path: string; message: string }> {
     let config = this.ctx.config;
+    let unapplied = this.#unapplied;
     if (configFile !== undefined) {
       const loaded = loadConfigFile(configFile);
       if (!loaded.ok) return loaded.problems;
-      // Settings that need a restart keep their running values; the TLS files are reloadable.
-      const running = this.ctx.config.tls;
-      const next = loaded.config.tls;
-      config = {
-        ...loaded.config,
-        listen: this.ctx.config.listen,
-        tls: { ...running, cert: next.cert, key: next.key, ca: next.ca, certificates: next.certificates, watch: next.watch },
-        databases: mergeDatabases(loaded.config),
-      };
+      // Settings that need a restart keep their running values (and are reported); the TLS files are reloadable.
+      const kept = keepRestartSettings(this.ctx.config, loaded.config);
+      config = { ...kept.config, databases: mergeDatabases(kept.config) };
+      unapplied = kept.unapplied;
     }
     const auth = loadAuthState(config);
     if (auth.problems.length > 0) {
@@ -231,6 +230,9 @@ export class Postern {
     this.ctx.lookupCache.clear();
     this.#apply(config);
     this.#applyTls(config, tls);
+    this.#unapplied = unapplied;
+    if (unapplied.length > 0)
+      this.log.warn({ settings: unapplied }, 'reloaded; changed settings that need a restart keep their running values');
     this.log.info({ users: auth.state.users.size, hbaRules: auth.state.hba?.length ?? null }, 'reloaded');
     return [];
   }

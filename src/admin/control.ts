@@ -14,6 +14,8 @@ export type ControlCommand = Exclude<AdminCommand, { verb: 'SHOW' }>;
 export interface ControlOutcome {
   problems: Array<{ path: string; message: string }>;
   found: boolean;
+  /** RELOAD: changed settings that need a restart (kept at their running values). */
+  unapplied?: string[];
 }
 
 async function waitFor(done: () => boolean, alive: () => boolean): Promise<void> {
@@ -78,8 +80,12 @@ export async function runControl(
       target.terminate(SQLSTATE.AdminShutdown, 'terminating connection due to administrator command');
       return ok;
     }
-    case 'RELOAD':
-      return { problems: ctx.control?.reload() ?? [{ path: '', message: 'RELOAD is not available in this process' }], found: true };
+    case 'RELOAD': {
+      const control = ctx.control;
+      if (control === null) return { problems: [{ path: '', message: 'RELOAD is not available in this process' }], found: true };
+      const problems = control.reload();
+      return { problems, found: true, unapplied: problems.length === 0 ? control.unapplied() : [] };
+    }
     case 'SET':
       return {
         problems: ctx.control?.set(cmd.key, cmd.value) ?? [{ path: cmd.key, message: 'SET is not available in this process' }],

@@ -445,6 +445,11 @@ export function adminExecutor(ctx: Context, who: AdminSessionInfo): AdminExecuto
             throw new AdminError(SQLSTATE.ConfigFileError, 'reload refused: the configuration is invalid', text.join('\n'));
           throw new AdminError(SQLSTATE.InvalidParameterValue, text.join('; '));
         }
+        const unapplied = [...new Set(outcomes.flatMap((o) => o.unapplied ?? []))];
+        if (unapplied.length > 0) {
+          const notice = `changed settings that need a restart keep their running values: ${unapplied.join(', ')}`;
+          return { columns: null, rows: [], tag, notices: [notice] };
+        }
         return { columns: null, rows: [], tag };
       }
     }

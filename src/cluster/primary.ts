@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { Dashboard, type DashboardHost } from '../admin/dashboard.ts';
 import { mergeSnapshots } from '../admin/merge.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
+import { loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { AdminHttp } from '../metrics/http.ts';
 import { createLogger, type Logger } from '../observability/log.ts';
@@ -33,6 +34,8 @@ interface Slot {
 export class Primary {
   readonly log: Logger;
   readonly #config: Config;
+  /** Read again on reload for the files the primary itself uses (admin.tls). */
+  readonly #configFile: string | undefined;
   readonly #count: number;
   readonly #slots: Slot[] = [];
   readonly #mockSecret = randomBytes(32).toString('hex');
@@ -48,8 +51,9 @@ export class Primary {
     this.#done = r;
   });
 
-  constructor(config: Config, count: number, log?: Logger) {
+  constructor(config: Config, count: number, log?: Logger, configFile?: string) {
     this.#config = config;
+    this.#configFile = configFile;
     this.#count = count;
     this.log = log ?? createLogger(config.log.level).child({ role: 'primary' });
   }
@@ -226,6 +230,7 @@ export class Primary {
         if (m.op === 'snapshots') {
           this.snapshots().then((value) => this.#send(worker, { t: 'done', id: m.id, value }));
         } else {
+          if ((m.cmd as { verb?: unknown } | null)?.verb === 'RELOAD') this.#reloadAdminTls();
           // Control commands may wait long (PAUSE): no timeout; a worker that dies answers undefined.
           Promise.all(this.#live(worker).map((w) => this.#ask(w, { op: 'control', cmd: m.cmd, who: m.who }, null))).then((outcomes) =>
             this.#send(worker, { t: 'done', id: m.id, value: outcomes.filter((o) => o !== undefined) }),
@@ -237,10 +242,24 @@ export class Primary {
     }
   }
 
-  /** SIGHUP: every worker re-reads the config and authentication files. */
+  /** SIGHUP: every worker re-reads the config and authentication files; the primary its admin.tls files. */
   reload(): void {
     this.log.info('SIGHUP: reloading every worker');
     for (const w of this.#live()) this.#send(w, { t: 'reload' });
+    this.#reloadAdminTls();
+  }
+
+  /** The admin listener's certificate and key, read again (SIGHUP, or RELOAD in a worker's console). */
+  #reloadAdminTls(): void {
+    if (this.#configFile === undefined || this.#http === null) return;
+    const loaded = loadConfigFile(this.#configFile);
+    // A broken file is reported by the workers, which refuse it too.
+    if (!loaded.ok) return;
+    const t = loaded.config.admin.tls;
+    if (t.cert === undefined || t.key === undefined) return;
+    const problem = this.#http.checkTls(t);
+    if (problem !== null) this.log.warn({ problems: [problem] }, 'reload refused for admin.tls: the running certificate stays');
+    else this.#http.replaceTls(t);
   }
 
   /** SIGTERM/SIGINT: every worker drains and exits; resolves when all are gone. */

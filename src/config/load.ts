@@ -288,3 +288,44 @@ function checkDatabases(prefix: string, dbs: Config['databases'], problems: Conf
     readable(db.tls.key, `${p}.key`, problems);
   }
 }
+
+function getPath(obj: unknown, parts: string[]): unknown {
+  let o = obj;
+  for (const k of parts) o = o !== null && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined;
+  return o;
+}
+
+function setPath(obj: Record<string, unknown>, parts: string[], v: unknown): void {
+  let o = obj;
+  for (const k of parts.slice(0, -1)) {
+    if (o[k] === null || typeof o[k] !== 'object') o[k] = {};
+    o = o[k] as Record<string, unknown>;
+  }
+  const last = parts[parts.length - 1] as string;
+  if (v === undefined) delete o[last];
+  else o[last] = v;
+}
+
+/**
+ * A reload's config with every setting that needs a restart put back to its
+ * running value, and the keys of those whose file value differs (they take
+ * effect at the next start). Reloadable settings come from `loaded`.
+ */
+export function keepRestartSettings(running: Config, loaded: Config): { config: Config; unapplied: string[] } {
+  const config = structuredClone(loaded);
+  const unapplied: string[] = [];
+  for (const s of SETTINGS) {
+    if (s.reloadable || s.docOnly || s.mirror || s.key.includes('*')) continue;
+    const parts = s.key.split('.');
+    const was = getPath(running, parts);
+    if (JSON.stringify(was) === JSON.stringify(getPath(loaded, parts))) continue;
+    unapplied.push(s.key);
+    setPath(config as unknown as Record<string, unknown>, parts, was);
+  }
+  // HTTPS on or off decides what the admin listener is: its files reload, turning it on or off needs a restart.
+  if ((running.admin.tls.cert === undefined) !== (loaded.admin.tls.cert === undefined)) {
+    config.admin.tls = structuredClone(running.admin.tls);
+    unapplied.push('admin.tls');
+  }
+  return { config, unapplied };
+}

@@ -569,10 +569,10 @@ export const SETTINGS: readonly Setting[] = [
     'path',
     path,
     undefined,
-    false,
-    'Certificate (PEM, chain allowed) of the admin HTTP listener: with `admin.tls.key` set, `admin.listen` serves HTTPS (dashboard, `/metrics`, `/healthz`, `/readyz`). Unset: plain HTTP, for a loopback or otherwise private address.',
+    true,
+    'Certificate (PEM, chain allowed) of the admin HTTP listener: with `admin.tls.key` set, `admin.listen` serves HTTPS (dashboard, `/metrics`, `/healthz`, `/readyz`). Unset: plain HTTP, for a loopback or otherwise private address. The files are read again on reload (and by `tls.watch`); turning HTTPS on or off needs a restart.',
   ),
-  row('admin.tls.key', 'path', path, undefined, false, 'Private key (PEM) of `admin.tls.cert`.'),
+  row('admin.tls.key', 'path', path, undefined, true, 'Private key (PEM) of `admin.tls.cert`.'),
   row(
     'admin.dashboard',
     'bool',

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { renderConfigDocs } from '../../src/config/docs.ts';
-import { type ConfigProblem, loadConfigFile, validateConfig } from '../../src/config/load.ts';
+import { type ConfigProblem, keepRestartSettings, loadConfigFile, validateConfig } from '../../src/config/load.ts';
 import { SETTINGS } from '../../src/config/schema.ts';
 import { parseDuration, parseSize } from '../../src/config/units.ts';
 
@@ -322,6 +322,37 @@ describe('cluster.*', () => {
     assert.ok(
       problemsOf({ cluster: { peers_dns: 'no-port', secret: 's'.repeat(16) }, databases: DB }).some((p) => p.path === 'cluster.peers_dns'),
     );
+  });
+});
+
+describe('keepRestartSettings', () => {
+  const parse = (raw: Record<string, unknown>) => {
+    const r = validateConfig({ databases: DB, ...raw }, tmp);
+    assert.ok(r.ok, JSON.stringify(!r.ok && r.problems));
+    return r.config;
+  };
+  it('restart-only settings keep their running values and are named; reloadable ones change', () => {
+    const running = parse({ listen: { port: 6432 }, workers: 1, log: { level: 'info' }, pool: { default_pool_size: 5 } });
+    const loaded = parse({ listen: { port: 7000 }, workers: 2, log: { level: 'debug' }, pool: { default_pool_size: 9 } });
+    const { config, unapplied } = keepRestartSettings(running, loaded);
+    assert.deepEqual(unapplied.sort(), ['listen.port', 'workers']);
+    assert.equal(config.listen.port, 6432);
+    assert.equal(config.workers, 1);
+    assert.equal(config.log.level, 'debug');
+    assert.equal(config.pool.default_pool_size, 9);
+    assert.equal(loaded.listen.port, 7000, 'the loaded config is not changed');
+    assert.deepEqual(keepRestartSettings(running, running).unapplied, []);
+  });
+  it('admin.tls files reload, but turning HTTPS on needs a restart', () => {
+    const plain = parse({ admin: { listen: '127.0.0.1:9187' } });
+    const https = parse({ admin: { listen: '127.0.0.1:9187', tls: { cert: 'server.crt', key: 'server.key' } } });
+    const on = keepRestartSettings(plain, https);
+    assert.deepEqual(on.unapplied, ['admin.tls']);
+    assert.equal(on.config.admin.tls.cert, undefined);
+    const moved = parse({ admin: { listen: '127.0.0.1:9187', tls: { cert: 'client.crt', key: 'client.key' } } });
+    const swap = keepRestartSettings(https, moved);
+    assert.deepEqual(swap.unapplied, []);
+    assert.equal(swap.config.admin.tls.cert, join(tmp, 'client.crt'));
   });
 });
 
