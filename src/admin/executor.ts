@@ -8,6 +8,7 @@
 // objects; control commands act on the pools and sessions of the Context.
 // Users in admin.stats_users may only SHOW (PgBouncer's stats_users).
 
+import { getPath } from '../config/load.ts';
 import { type Config, type DatabaseConfig, SETTINGS } from '../config/schema.ts';
 import { formatDuration } from '../config/units.ts';
 import type { Context } from '../context.ts';
@@ -183,8 +184,7 @@ function configRows(ctx: Context): Cell[][] {
   const rows: Cell[][] = [];
   for (const s of SETTINGS) {
     if (s.key.includes('*')) continue;
-    let v: unknown = ctx.config as unknown;
-    for (const part of s.key.split('.')) v = v === undefined || v === null ? undefined : (v as Record<string, unknown>)[part];
+    const v = getPath(ctx.config, s.key.split('.'));
     rows.push([
       s.key,
       s.secret ? (v === undefined ? '' : '********') : show(s.kind, v),

@@ -18,6 +18,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { connect } from 'node:net';
 import type { ClusterConfig } from '../config/schema.ts';
+import { splitHostPort } from '../config/units.ts';
 import { type Instances, PID_BITS } from '../context.ts';
 import type { Logger } from '../observability/log.ts';
 import { encodePeerCancel, type PeerCancelPacket, peerCancelBody } from '../protocol/startup.ts';
@@ -40,8 +41,6 @@ export class InstancePeers implements Instances {
   readonly #log: Logger;
   /** MAC (hex) -> when it stops mattering (ms): a replayed packet inside the clock window is refused. */
   readonly #seen = new Map<string, number>();
-  /** Counts of forwards sent, by outcome (for tests and logs). */
-  readonly sent = { ok: 0, failed: 0 };
 
   /** `config` is read at each use, so a reload of peers, DNS name or secret applies to the next cancel. */
   constructor(id: number | null, config: () => ClusterConfig, log: Logger) {
@@ -69,15 +68,12 @@ export class InstancePeers implements Instances {
       this.#log.debug({ instance: target }, 'cancel request for an instance no peer entry names; dropped');
       return;
     }
-    const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(c.peers_dns) as RegExpExecArray;
-    const name = (m[1] as string).replace(/^\[(.*)\]$/, '$1');
-    const port = Number(m[2]);
+    const { host: name, port } = splitHostPort(c.peers_dns);
     lookup(name, { all: true }).then(
       (addrs) => {
         for (const a of addrs) this.#send(a.address, port, packet);
       },
       (err: NodeJS.ErrnoException) => {
-        this.sent.failed++;
         this.#log.warn({ name, err: err.code ?? err.message }, 'cluster.peers_dns does not resolve; cancel request dropped');
       },
     );
@@ -86,12 +82,8 @@ export class InstancePeers implements Instances {
   #send(host: string, port: number, packet: Buffer): void {
     const sock = connect({ host, port });
     sock.setTimeout(SEND_TIMEOUT_MS, () => sock.destroy(new Error('timed out')));
-    sock.on('connect', () => {
-      sock.end(packet);
-      this.sent.ok++;
-    });
+    sock.on('connect', () => sock.end(packet));
     sock.on('error', (err: NodeJS.ErrnoException) => {
-      this.sent.failed++;
       this.#log.warn({ host, port, err: err.code ?? err.message }, 'cancel request could not be forwarded to a peer');
     });
     // The peer answers nothing; read to the end so the socket closes.

@@ -289,7 +289,8 @@ function checkDatabases(prefix: string, dbs: Config['databases'], problems: Conf
   }
 }
 
-function getPath(obj: unknown, parts: string[]): unknown {
+/** The value at a setting's key path (`a.b.c` split), undefined where the path ends early. */
+export function getPath(obj: unknown, parts: string[]): unknown {
   let o = obj;
   for (const k of parts) o = o !== null && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined;
   return o;

@@ -361,15 +361,19 @@ export class Handshake {
       instances.forward(pid, key);
       // Without an instance number, one of this instance's own workers may own it too.
       if (instances.id === null) ctx.peers?.cancel(pid, key);
-    } else if (ctx.peers !== null) {
-      // Another worker process may own that session: it checks the key itself.
-      ctx.peers.cancel(pid, key);
-    } else {
+    } else this.#otherWorkers(pid, key);
+    this.#host.destroy();
+  }
+
+  /** A cancel no session of this process owns: another worker process may (it checks the key itself); else it is unknown. */
+  #otherWorkers(pid: number, key: Buffer): void {
+    const ctx = this.#ctx;
+    if (ctx.peers !== null) ctx.peers.cancel(pid, key);
+    else {
       ctx.count(ctx.stats.cancels, 'unknown');
       // Unknown keys are ignored, as Postgres does; say nothing either way.
       this.#host.debug('cancel request with unknown key ignored');
     }
-    this.#host.destroy();
   }
 
   /** A cancel request another instance forwarded: acted on only when its signature checks out; never forwarded again. */
@@ -382,8 +386,7 @@ export class Handshake {
     } else {
       ctx.count(ctx.stats.cancels, 'from_peer');
       if (ctx.cancelByKey(p.pid, p.key)) this.#host.debug('forwarded cancel request');
-      else if (ctx.peers !== null) ctx.peers.cancel(p.pid, p.key);
-      else ctx.count(ctx.stats.cancels, 'unknown');
+      else this.#otherWorkers(p.pid, p.key);
     }
     this.#host.destroy();
   }

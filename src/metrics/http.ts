@@ -14,6 +14,7 @@ import tls from 'node:tls';
 import type { Dashboard } from '../admin/dashboard.ts';
 import type { Snapshot } from '../admin/snapshot.ts';
 import type { DatabaseConfig } from '../config/schema.ts';
+import { splitHostPort } from '../config/units.ts';
 import type { Logger } from '../observability/log.ts';
 import { MetricsRegistry } from './registry.ts';
 
@@ -149,9 +150,7 @@ export class AdminHttp {
 
   /** Binds to "host:port" (port 0 picks a free one); resolves with the bound port. */
   listen(hostPort: string): Promise<number> {
-    const i = hostPort.lastIndexOf(':');
-    const host = hostPort.slice(0, i).replace(/^\[|\]$/g, '');
-    const port = Number(hostPort.slice(i + 1));
+    const { host, port } = splitHostPort(hostPort);
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
       this.#server.listen({ host, port }, () => {

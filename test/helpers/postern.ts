@@ -3,11 +3,16 @@
 // here is stopped by the caller's `after` hook or the returned close().
 
 import { type ChildProcessWithoutNullStreams, execFile, spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import tls from 'node:tls';
 import { validateConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/schema.ts';
 import { createLogger } from '../../src/observability/log.ts';
+import { SSL_REQUEST } from '../../src/protocol/startup.ts';
 import { Postern } from '../../src/server.ts';
 
 export interface RunningPostern {
@@ -135,3 +140,31 @@ export function startCli(args: string[]): { child: ChildProcessWithoutNullStream
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return { child, out: () => out, exited };
 }
+
+/** SSLRequest on a Postern client port, then a TLS handshake (with `servername` as SNI when given): the certificate presented. */
+export function presentedCert(port: number, servername?: string): Promise<X509Certificate> {
+  return new Promise((resolve, reject) => {
+    const raw = net.connect({ host: '127.0.0.1', port });
+    raw.once('connect', () => raw.write(SSL_REQUEST));
+    raw.once('error', reject);
+    raw.once('data', (d: Buffer) => {
+      if (d.toString() !== 'S') {
+        reject(new Error(`SSL response ${JSON.stringify(d.toString())}`));
+        return;
+      }
+      const opts: tls.ConnectionOptions = { socket: raw, rejectUnauthorized: false };
+      if (servername !== undefined) opts.servername = servername;
+      const s = tls.connect(opts);
+      s.once('secureConnect', () => {
+        const peer = s.getPeerX509Certificate();
+        s.destroy();
+        if (peer === undefined) reject(new Error('no peer certificate'));
+        else resolve(peer);
+      });
+      s.once('error', reject);
+    });
+  });
+}
+
+/** SHA-256 fingerprint of a PEM certificate file, as X509Certificate.fingerprint256 gives it. */
+export const fingerprint = (file: string): string => new X509Certificate(readFileSync(file)).fingerprint256;

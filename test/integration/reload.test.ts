@@ -9,20 +9,19 @@
 // nothing. One cluster, one Postern for the file.
 
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import pg from 'pg';
 import { formatVerifier, makeVerifier } from '../../src/auth/scram.ts';
 import { type CertPair, type CertSet, generateCerts, issueCert } from '../../src/dev/certs.ts';
 import { freePort, type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
-import { SSL_REQUEST } from '../../src/protocol/startup.ts';
-import { pgEnv, psql, run, startCli, waitUntil } from '../helpers/postern.ts';
+import { fingerprint, pgEnv, presentedCert, psql, run, startCli, waitUntil } from '../helpers/postern.ts';
 
 const PW = { app: 'reload-app-pw-12', blocked: 'reload-blocked-pw-34', admin: 'reload-admin-pw-56' };
 let dir: string;
@@ -49,25 +48,6 @@ function config(poolSize: number, level: string, listenPort: number): string {
 
 const HBA = 'host all all 127.0.0.1/32 scram-sha-256\n';
 
-/** The certificate a TLS handshake after an SSLRequest on the client port presents. */
-function clientCert(): Promise<X509Certificate> {
-  return new Promise((resolve, reject) => {
-    const raw = net.connect({ host: '127.0.0.1', port: port.client });
-    raw.once('connect', () => raw.write(SSL_REQUEST));
-    raw.once('error', reject);
-    raw.once('data', () => {
-      const s = tls.connect({ socket: raw, rejectUnauthorized: false });
-      s.once('secureConnect', () => {
-        const peer = s.getPeerX509Certificate();
-        s.destroy();
-        if (peer === undefined) reject(new Error('no peer certificate'));
-        else resolve(peer);
-      });
-      s.once('error', reject);
-    });
-  });
-}
-
 /** GET on the admin listener over HTTPS (trusting the test CA): status and the presented certificate. */
 function adminGet(path: string): Promise<{ status: number; cert: X509Certificate }> {
   return new Promise((resolve, reject) => {
@@ -83,8 +63,6 @@ function adminGet(path: string): Promise<{ status: number; cert: X509Certificate
     req.on('error', reject);
   });
 }
-
-const fingerprint = (file: string) => new X509Certificate(readFileSync(file)).fingerprint256;
 
 async function admin(sql: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return psql(`host=127.0.0.1 port=${port.client} dbname=pgbouncer user=admin sslmode=disable`, sql, { password: PW.admin });
@@ -161,7 +139,7 @@ after(async () => {
 });
 
 test('SIGHUP under pgbench: pool size, hba rule, log level and both certificates change with zero failed transactions', async () => {
-  assert.equal((await clientCert()).fingerprint256, fingerprint(certs.server.cert));
+  assert.equal((await presentedCert(port.client)).fingerprint256, fingerprint(certs.server.cert));
   assert.equal((await adminGet('/healthz')).cert.fingerprint256, fingerprint(certs.server.cert));
   const blockedBefore = await psql(`host=127.0.0.1 port=${port.client} dbname=appdb user=blocked sslmode=disable`, 'select 1', {
     password: PW.blocked,
@@ -191,7 +169,7 @@ test('SIGHUP under pgbench: pool size, hba rule, log level and both certificates
   assert.match(r.stdout, /number of failed transactions: 0 /);
 
   // Each change took effect.
-  assert.equal((await clientCert()).fingerprint256, fingerprint(second.cert), 'the new client certificate');
+  assert.equal((await presentedCert(port.client)).fingerprint256, fingerprint(second.cert), 'the new client certificate');
   await waitUntil(
     async () => (await adminGet('/healthz')).cert.fingerprint256 === fingerprint(second.cert),
     5000,

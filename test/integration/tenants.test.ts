@@ -13,9 +13,8 @@
 // A (plaintext) and B (TLS with pass.test's certificate).
 
 import assert from 'node:assert/strict';
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, type X509Certificate } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -25,8 +24,8 @@ import { formatVerifier, makeVerifier } from '../../src/auth/scram.ts';
 import { type CertPair, type CertSet, generateCerts, issueCert } from '../../src/dev/certs.ts';
 import { type PgCluster, startPostgres } from '../../src/dev/cluster.ts';
 import { PROTOCOL_3_0 } from '../../src/protocol/codes.ts';
-import { encodeStartup, SSL_REQUEST } from '../../src/protocol/startup.ts';
-import { logsWith, psql, type RunningPostern, run, startPostern, waitUntil } from '../helpers/postern.ts';
+import { encodeStartup } from '../../src/protocol/startup.ts';
+import { fingerprint, logsWith, presentedCert, psql, type RunningPostern, run, startPostern, waitUntil } from '../helpers/postern.ts';
 
 const PW = 'tenant-app-pw-Kx71';
 const ADMIN_PW = 'tenant-admin-pw-Qm28';
@@ -124,33 +123,6 @@ function sni(name: string, extra: string, port = px.port): string {
   return `host=${name} hostaddr=127.0.0.1 port=${port} user=app ${extra}`;
 }
 
-/** SSLRequest, then a TLS handshake with `servername`; the certificate the server presented. */
-function presented(port: number, servername: string | undefined, ca = certs.ca.cert): Promise<X509Certificate> {
-  return new Promise((resolve, reject) => {
-    const raw = net.connect({ host: '127.0.0.1', port });
-    raw.once('connect', () => raw.write(SSL_REQUEST));
-    raw.once('error', reject);
-    raw.once('data', (d: Buffer) => {
-      if (d.toString() !== 'S') {
-        reject(new Error(`SSL response ${JSON.stringify(d.toString())}`));
-        return;
-      }
-      const opts: tls.ConnectionOptions = { socket: raw, ca: readFileSync(ca), rejectUnauthorized: false };
-      if (servername !== undefined) opts.servername = servername;
-      const s = tls.connect(opts);
-      s.once('secureConnect', () => {
-        const peer = s.getPeerX509Certificate();
-        s.destroy();
-        if (peer === undefined) reject(new Error('no peer certificate'));
-        else resolve(peer);
-      });
-      s.once('error', reject);
-    });
-  });
-}
-
-const fingerprint = (file: string) => new X509Certificate(readFileSync(file)).fingerprint256;
-
 async function admin(sql: string): Promise<string[][]> {
   const r = await psql(`host=127.0.0.1 port=${px.port} dbname=postern user=padmin sslmode=disable`, sql, { password: ADMIN_PW });
   assert.equal(r.code, 0, r.stderr);
@@ -199,11 +171,11 @@ describe('routing by server name', () => {
       [undefined, certs.server.cert],
     ];
     for (const [name, file] of cases) {
-      const cert = await presented(px.port, name);
+      const cert = await presentedCert(px.port, name);
       assert.equal(cert.fingerprint256, fingerprint(file), `certificate for ${name ?? '(no SNI)'}`);
     }
     // A wildcard covers one label only: a.b.wild.test is nobody's, and gets the default.
-    assert.equal((await presented(px.port, 'a.b.wild.test')).fingerprint256, fingerprint(certs.server.cert));
+    assert.equal((await presentedCert(px.port, 'a.b.wild.test')).fingerprint256, fingerprint(certs.server.cert));
   });
 
   test('node-postgres: ssl.servername picks the tenant and its certificate is verified', async () => {
@@ -462,12 +434,12 @@ describe('certificate reload', () => {
     });
     await open.connect();
     try {
-      assert.equal((await presented(px.port, 'tenant-a.test')).fingerprint256, fingerprint(a.cert));
+      assert.equal((await presentedCert(px.port, 'tenant-a.test')).fingerprint256, fingerprint(a.cert));
       const a2 = await issueCert(certs.ca, join(dir, 'tenant-a-2'), { cn: 'tenant-a.test', sans: ['tenant-a.test'], usage: 'server' });
       copyFileSync(a2.cert, aLive.cert);
       copyFileSync(a2.key, aLive.key);
       assert.deepEqual(px.postern.reload(), []);
-      assert.equal((await presented(px.port, 'tenant-a.test')).fingerprint256, fingerprint(a2.cert));
+      assert.equal((await presentedCert(px.port, 'tenant-a.test')).fingerprint256, fingerprint(a2.cert));
       assert.equal((await open.query('select 7 as n')).rows[0].n, 7);
       assert.equal(
         await serverPort(sni('tenant-a.test', `dbname=appdb sslmode=verify-full sslrootcert=${certs.ca.cert} channel_binding=require`)),
@@ -484,7 +456,7 @@ describe('certificate reload', () => {
       assert.ok(broken.length > 0, 'broken certificate refused');
       assert.ok(!JSON.stringify(broken).includes('PRIVATE KEY'), 'no key material in the problems');
       assert.ok(logsWith(px.logs, /reload refused: TLS files do not load/).length >= 2);
-      assert.equal((await presented(px.port, 'tenant-a.test')).fingerprint256, fingerprint(a2.cert));
+      assert.equal((await presentedCert(px.port, 'tenant-a.test')).fingerprint256, fingerprint(a2.cert));
       assert.equal((await open.query('select 8 as n')).rows[0].n, 8);
       copyFileSync(a2.cert, aLive.cert);
       assert.deepEqual(px.postern.reload(), []);
@@ -602,12 +574,12 @@ describe('upstream Postern', () => {
   });
 
   test('tls.watch: a certificate changed on disk is presented without a reload', async () => {
-    assert.equal((await presented(upstream.port, 'localhost')).fingerprint256, fingerprint(certs.server.cert));
+    assert.equal((await presentedCert(upstream.port, 'localhost')).fingerprint256, fingerprint(certs.server.cert));
     const next = await issueCert(certs.ca, join(dir, 'up-2'), { cn: 'localhost', sans: ['localhost', '127.0.0.1'], usage: 'server' });
     copyFileSync(next.key, live.key);
     copyFileSync(next.cert, live.cert);
     await waitUntil(
-      async () => (await presented(upstream.port, 'localhost')).fingerprint256 === fingerprint(next.cert),
+      async () => (await presentedCert(upstream.port, 'localhost')).fingerprint256 === fingerprint(next.cert),
       15_000,
       'the watched certificate presented',
     );
